@@ -1,0 +1,39 @@
+# Switchyard: `make demo` runs the main job on throwaway local databases; `make test` runs every
+# test (installing what it needs first). `make bench` is separate and never part of `make test`.
+
+SHELL := /bin/bash
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+DEMO_USERS ?= 100000
+TEST_THREADS ?= 2
+
+.PHONY: deps build test demo lint clean
+
+## deps: install on a fresh Debian machine what the tests and the demo need.
+deps:
+	@if [ ! -x "$(PG_BIN)/initdb" ] || ! command -v psql >/dev/null; then \
+		echo "installing PostgreSQL server binaries"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null \
+		|| $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null; \
+	fi
+	@id postgres >/dev/null 2>&1 || $(SUDO) useradd --system --home /var/lib/postgresql postgres
+	@command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+	@echo "deps ok: $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$(cargo --version)"
+
+build:
+	cargo build --workspace --all-targets
+
+## test: unit tests and end-to-end tests against private PostgreSQL clusters.
+test: deps
+	cargo test --workspace --no-fail-fast -- --test-threads $(TEST_THREADS)
+
+## demo: two throwaway clusters, 100k users + 1M orders, a live write load, the tenantize pipeline.
+demo: deps
+	cargo build --release
+	./target/release/switchyard demo --users $(DEMO_USERS)
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean

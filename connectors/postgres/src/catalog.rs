@@ -1,0 +1,122 @@
+//! What a PostgreSQL database says about its tables: columns with their DDL type names, keys,
+//! replica identity, ownership and size estimates.
+
+use switchyard_core::{Column, ConnectorError, TableId, TableSchema};
+use tokio_postgres::Client;
+
+use crate::error::PgResultExt;
+
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub oid: u32,
+    pub schema: TableSchema,
+    /// Columns the server computes (GENERATED ALWAYS AS ... STORED); never written.
+    pub generated: Vec<String>,
+    pub has_primary_key: bool,
+    /// `d` default (primary key), `n` nothing, `f` full, `i` index.
+    pub replica_identity: char,
+    pub owner: String,
+    pub estimated_rows: i64,
+}
+
+impl TableInfo {
+    /// Whether updates and deletes on this table can be identified downstream.
+    pub fn has_usable_identity(&self) -> bool {
+        !self.schema.key.is_empty() && self.replica_identity != 'n'
+    }
+}
+
+/// Reads one table, or `None` if it does not exist (or is not a table).
+pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<TableInfo>, ConnectorError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, GREATEST(c.reltuples, 0)::bigint, pg_get_userbyid(c.relowner)::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .context(|| format!("cannot read the catalog entry of table {table}"))?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let replica_identity = row.get::<_, String>(1).chars().next().unwrap_or('d');
+    let columns = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull, a.attgenerated <> ''
+               FROM pg_attribute a
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .context(|| format!("cannot read the columns of table {table}"))?;
+    let mut schema = TableSchema { id: table.clone(), columns: Vec::new(), key: Vec::new() };
+    let mut generated = Vec::new();
+    for column in &columns {
+        let name: String = column.get(0);
+        if column.get::<_, bool>(4) {
+            // pgoutput does not send generated columns, and the target computes its own.
+            generated.push(name);
+            continue;
+        }
+        schema.columns.push(Column { name, type_name: column.get(1), type_oid: column.get(2), nullable: column.get(3) });
+    }
+    // The identity pgoutput will send: the replica identity index, else the primary key.
+    let key_rows = client
+        .query(
+            "SELECT a.attname::text, i.indisprimary, i.indisreplident
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+              ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .context(|| format!("cannot read the key of table {table}"))?;
+    let has_primary_key = key_rows.iter().any(|r| r.get::<_, bool>(1));
+    // The key pgoutput identifies rows by: the replica identity index if one is set, else the
+    // primary key.
+    let identity_column = if replica_identity == 'i' { 2 } else { 1 };
+    for key in key_rows.iter().filter(|r| r.get::<_, bool>(identity_column)) {
+        let name: String = key.get(0);
+        if let Some(index) = schema.column_index(&name) {
+            schema.key.push(index);
+        }
+    }
+    Ok(Some(TableInfo {
+        oid,
+        schema,
+        generated,
+        has_primary_key,
+        replica_identity,
+        owner: row.get(3),
+        estimated_rows: row.get(2),
+    }))
+}
+
+/// The DDL spelling of a type, e.g. for a column that appeared mid-stream.
+pub async fn format_type(client: &Client, type_oid: u32, type_modifier: i32) -> Result<String, ConnectorError> {
+    let row = client
+        .query_one("SELECT format_type($1, $2)", &[&type_oid, &type_modifier])
+        .await
+        .context(|| format!("cannot name type {type_oid}"))?;
+    Ok(row.get(0))
+}
+
+/// Types whose values only mean something inside the database that produced them.
+pub fn untransferable_type(type_name: &str) -> Option<&'static str> {
+    let base = type_name.trim_end_matches("[]");
+    match base {
+        "oid" => Some("an oid names an object in the source database and means something else in the target"),
+        "tid" | "xid" | "xid8" | "cid" | "txid_snapshot" | "pg_snapshot" | "pg_lsn_internal" => {
+            Some("its values are positions inside the source server")
+        }
+        name if name.starts_with("reg") && !name.contains('.') => {
+            Some("reg* values are object ids of the source database; store the object's name as text instead")
+        }
+        _ => None,
+    }
+}

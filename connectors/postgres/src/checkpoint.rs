@@ -1,0 +1,252 @@
+//! The pipeline's durable state on the target: where it stands and which snapshot chunks are
+//! done. It lives in its own schema (`switchyard` unless configured) and is written in the same
+//! transaction as the data it describes.
+
+use switchyard_core::{ConnectorError, Position, TableId};
+use tokio_postgres::{Client, GenericClient};
+
+use crate::error::PgResultExt;
+use crate::ident::quote_ident;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineRecord {
+    pub phase: String,
+    pub slot: String,
+    pub publication: String,
+    /// Where the stream starts: the initial snapshot's consistent point.
+    pub snapshot_position: Option<Position>,
+    /// The last source commit applied to the target.
+    pub applied: Option<Position>,
+    pub applied_commit_micros: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkRecord {
+    pub table: TableId,
+    pub chunk: i32,
+    /// Key range `[lo, hi)` over the first key column; `None` for a table copied in one piece.
+    pub range: Option<(i64, i64)>,
+    /// The snapshot the chunk was copied at; `None` while it is not copied.
+    pub copied_at: Option<Position>,
+    pub rows: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    schema: String,
+    pipeline: String,
+}
+
+impl CheckpointStore {
+    pub fn new(schema: &str, pipeline: &str) -> Self {
+        CheckpointStore { schema: schema.to_string(), pipeline: pipeline.to_string() }
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn table(&self, name: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
+    }
+
+    pub async fn ensure(&self, client: &Client) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {pipelines} (
+                 name text PRIMARY KEY,
+                 phase text NOT NULL,
+                 slot text NOT NULL,
+                 publication text NOT NULL,
+                 snapshot_position text,
+                 applied_position text,
+                 applied_commit_micros bigint,
+                 last_error text,
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {chunks} (
+                 pipeline text NOT NULL,
+                 source_schema text NOT NULL,
+                 source_table text NOT NULL,
+                 chunk integer NOT NULL,
+                 range_lo bigint,
+                 range_hi bigint,
+                 copied_at text,
+                 rows bigint NOT NULL DEFAULT 0,
+                 PRIMARY KEY (pipeline, source_schema, source_table, chunk));",
+            schema = quote_ident(&self.schema),
+            pipelines = self.table("pipelines"),
+            chunks = self.table("snapshot_chunks"),
+        );
+        client.batch_execute(&sql).await.context(|| {
+            format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)
+        })
+    }
+
+    pub async fn exists(&self, client: &Client) -> Result<bool, ConnectorError> {
+        let row = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table("pipelines")])
+            .await
+            .context(|| "cannot look for the checkpoint table".into())?;
+        Ok(row.get(0))
+    }
+
+    pub async fn load(&self, client: &impl GenericClient) -> Result<Option<PipelineRecord>, ConnectorError> {
+        let sql = format!(
+            "SELECT phase, slot, publication, snapshot_position, applied_position, applied_commit_micros, last_error
+               FROM {} WHERE name = $1",
+            self.table("pipelines")
+        );
+        let row = client.query_opt(&sql, &[&self.pipeline]).await.context(|| "cannot read the checkpoint".into())?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(PipelineRecord {
+            phase: row.get(0),
+            slot: row.get(1),
+            publication: row.get(2),
+            snapshot_position: decode_position(row.get(3))?,
+            applied: decode_position(row.get(4))?,
+            applied_commit_micros: row.get(5),
+            last_error: row.get(6),
+        }))
+    }
+
+    /// Starts a pipeline's record, with its snapshot plan, in one transaction.
+    pub async fn create(
+        &self,
+        client: &mut Client,
+        record: &PipelineRecord,
+        chunks: &[ChunkRecord],
+    ) -> Result<(), ConnectorError> {
+        let txn = client.transaction().await.context(|| "cannot begin".into())?;
+        let sql = format!(
+            "INSERT INTO {} (name, phase, slot, publication, snapshot_position, applied_position)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            self.table("pipelines")
+        );
+        let snapshot = record.snapshot_position.as_ref().map(Position::encode);
+        let applied = record.applied.as_ref().map(Position::encode);
+        txn.execute(&sql, &[&self.pipeline, &record.phase, &record.slot, &record.publication, &snapshot, &applied])
+            .await
+            .context(|| format!("cannot record pipeline {}", self.pipeline))?;
+        self.insert_chunks(&txn, chunks).await?;
+        txn.commit().await.context(|| "cannot commit the pipeline record".into())
+    }
+
+    async fn insert_chunks(&self, client: &impl GenericClient, chunks: &[ChunkRecord]) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "INSERT INTO {} (pipeline, source_schema, source_table, chunk, range_lo, range_hi) VALUES ($1, $2, $3, $4, $5, $6)",
+            self.table("snapshot_chunks")
+        );
+        for chunk in chunks {
+            let (lo, hi) = (chunk.range.map(|r| r.0), chunk.range.map(|r| r.1));
+            client
+                .execute(&sql, &[&self.pipeline, &chunk.table.schema, &chunk.table.name, &chunk.chunk, &lo, &hi])
+                .await
+                .context(|| "cannot record the snapshot plan".into())?;
+        }
+        Ok(())
+    }
+
+    pub async fn chunks(&self, client: &impl GenericClient) -> Result<Vec<ChunkRecord>, ConnectorError> {
+        let sql = format!(
+            "SELECT source_schema, source_table, chunk, range_lo, range_hi, copied_at, rows
+               FROM {} WHERE pipeline = $1 ORDER BY source_schema, source_table, chunk",
+            self.table("snapshot_chunks")
+        );
+        let rows = client.query(&sql, &[&self.pipeline]).await.context(|| "cannot read the snapshot plan".into())?;
+        rows.iter()
+            .map(|row| {
+                let lo: Option<i64> = row.get(3);
+                let hi: Option<i64> = row.get(4);
+                Ok(ChunkRecord {
+                    table: TableId::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+                    chunk: row.get(2),
+                    range: lo.zip(hi),
+                    copied_at: decode_position(row.get(5))?,
+                    rows: row.get(6),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a chunk copied; called inside the transaction that loaded its rows.
+    pub async fn chunk_done(
+        &self,
+        client: &impl GenericClient,
+        chunk: &ChunkRecord,
+        copied_at: &Position,
+        rows: i64,
+    ) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "UPDATE {} SET copied_at = $1, rows = $2
+              WHERE pipeline = $3 AND source_schema = $4 AND source_table = $5 AND chunk = $6",
+            self.table("snapshot_chunks")
+        );
+        let updated = client
+            .execute(&sql, &[&copied_at.encode(), &rows, &self.pipeline, &chunk.table.schema, &chunk.table.name, &chunk.chunk])
+            .await
+            .context(|| format!("cannot record chunk {} of {}", chunk.chunk, chunk.table))?;
+        if updated != 1 {
+            return Err(ConnectorError::bug(format!("chunk {} of {} is not in the snapshot plan", chunk.chunk, chunk.table)));
+        }
+        Ok(())
+    }
+
+    /// Records the last applied source commit; called inside the transaction that applied it.
+    pub async fn advance(
+        &self,
+        client: &impl GenericClient,
+        applied: &Position,
+        commit_micros: i64,
+    ) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3",
+            self.table("pipelines")
+        );
+        let updated = client
+            .execute(&sql, &[&applied.encode(), &commit_micros, &self.pipeline])
+            .await
+            .context(|| "cannot advance the checkpoint".into())?;
+        if updated != 1 {
+            return Err(ConnectorError::definite(format!(
+                "the checkpoint row of pipeline {} is gone from the target; was it torn down while running?",
+                self.pipeline
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn set_phase(&self, client: &impl GenericClient, phase: &str) -> Result<(), ConnectorError> {
+        let sql = format!("UPDATE {} SET phase = $1, updated_at = now() WHERE name = $2", self.table("pipelines"));
+        client.execute(&sql, &[&phase, &self.pipeline]).await.context(|| "cannot record the phase".into())?;
+        Ok(())
+    }
+
+    pub async fn set_error(&self, client: &impl GenericClient, error: Option<&str>) -> Result<(), ConnectorError> {
+        let sql = format!("UPDATE {} SET last_error = $1, updated_at = now() WHERE name = $2", self.table("pipelines"));
+        client.execute(&sql, &[&error, &self.pipeline]).await.context(|| "cannot record the last error".into())?;
+        Ok(())
+    }
+
+    /// Forgets this pipeline (teardown).
+    pub async fn remove(&self, client: &Client) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE pipeline = $1",
+            self.table("snapshot_chunks")
+        );
+        client.execute(&sql, &[&self.pipeline]).await.context(|| "cannot remove the snapshot plan".into())?;
+        let sql = format!("DELETE FROM {} WHERE name = $1", self.table("pipelines"));
+        client.execute(&sql, &[&self.pipeline]).await.context(|| "cannot remove the checkpoint".into())?;
+        Ok(())
+    }
+
+    pub async fn drop_schema(&self, client: &Client) -> Result<(), ConnectorError> {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&self.schema));
+        client.batch_execute(&sql).await.context(|| format!("cannot drop schema {}", self.schema))
+    }
+}
+
+fn decode_position(text: Option<String>) -> Result<Option<Position>, ConnectorError> {
+    text.map(|t| Position::decode(&t).map_err(|e| ConnectorError::definite(format!("checkpoint holds {e}"))))
+        .transpose()
+}

@@ -1,0 +1,146 @@
+//! A PostgreSQL server as a pipeline names it: the parsed URL, its TLS settings, and the URL as
+//! it may be shown (password masked).
+
+use std::str::FromStr;
+
+use switchyard_core::ConnectorError;
+use tokio_postgres::Client;
+
+use crate::error::PgResultExt;
+use crate::tls::{self, TlsSettings};
+use crate::walsender::ReplicationConnection;
+
+#[derive(Clone)]
+pub struct Endpoint {
+    config: tokio_postgres::Config,
+    tls: TlsSettings,
+    shown: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Endpoint {
+    /// Parses a `postgres://` URL. A password missing from the URL is taken from `PGPASSWORD`,
+    /// then from the password file (`PGPASSFILE`, default `~/.pgpass`).
+    pub fn parse(url: &str) -> Result<Endpoint, ConnectorError> {
+        let shown = mask_password(url);
+        let (tls, plain_url) = TlsSettings::from_url(url)?;
+        let mut config = tokio_postgres::Config::from_str(&plain_url)
+            .map_err(|e| ConnectorError::config(format!("cannot parse connection URL {shown}: {e}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("switchyard");
+        }
+        if config.get_password().is_none() {
+            if let Some(password) = password_from_environment(&config) {
+                config.password(password);
+            }
+        }
+        Ok(Endpoint { config, tls, shown })
+    }
+
+    /// The URL with its password replaced by `****`: the only form of it that may be logged.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    pub fn user(&self) -> &str {
+        self.config.get_user().unwrap_or("postgres")
+    }
+
+    pub fn database(&self) -> &str {
+        self.config.get_dbname().unwrap_or_else(|| self.user())
+    }
+
+    pub async fn connect(&self) -> Result<Client, ConnectorError> {
+        tls::connect(&self.config, &self.tls).await.context(|| format!("cannot connect to {}", self.shown))
+    }
+
+    pub async fn replication(&self) -> Result<ReplicationConnection, ConnectorError> {
+        ReplicationConnection::connect(&self.config, &self.tls).await
+    }
+}
+
+/// Replaces the password of a URL's user-info part with `****`.
+pub fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    let user_info = &rest[..at];
+    match user_info.find(':') {
+        Some(colon) => format!("{}{}:****{}", &url[..scheme_end + 3], &user_info[..colon], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+fn password_from_environment(config: &tokio_postgres::Config) -> Option<Vec<u8>> {
+    if let Ok(password) = std::env::var("PGPASSWORD") {
+        return Some(password.into_bytes());
+    }
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let database = config.get_dbname().unwrap_or("").to_string();
+    let user = config.get_user().unwrap_or("").to_string();
+    pgpass_lookup(&text, [&host, &port, &database, &user]).map(String::into_bytes)
+}
+
+/// Finds the password for (host, port, database, user) in a `.pgpass` file's text: the first
+/// line whose fields match, `*` matching anything, `\:` and `\\` escaping.
+fn pgpass_lookup(text: &str, wanted: [&str; 4]) -> Option<String> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let fields = split_pgpass_line(line);
+        if fields.len() != 5 {
+            return None;
+        }
+        let matches = fields[..4].iter().zip(wanted).all(|(field, want)| field == "*" || field == want);
+        matches.then(|| fields[4].clone())
+    })
+}
+
+fn split_pgpass_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(escaped) = chars.next() {
+                    fields.last_mut().unwrap().push(escaped);
+                }
+            }
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(mask_password("postgres://u:secret@h:5/db"), "postgres://u:****@h:5/db");
+        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(mask_password("postgres://u:p@ss@h/db?x=@"), "postgres://u:****@h/db?x=@");
+        assert_eq!(mask_password("host=h"), "host=h");
+    }
+
+    #[test]
+    fn reads_pgpass_lines() {
+        let text = "# comment\nother:5432:*:u:nope\nh:5433:*:u:pa\\:ss\n*:*:*:*:fallback\n";
+        assert_eq!(pgpass_lookup(text, ["h", "5433", "db", "u"]).as_deref(), Some("pa:ss"));
+        assert_eq!(pgpass_lookup(text, ["x", "1", "db", "v"]).as_deref(), Some("fallback"));
+    }
+}

@@ -1,0 +1,82 @@
+//! Loading snapshot chunks into the target with COPY, each chunk in one transaction with the
+//! record that it is done, so a chunk is either wholly there and recorded or not there at all.
+
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
+use switchyard_core::{ConnectorError, Position, TableSchema, Value};
+use tokio_postgres::{Client, CopyInSink};
+
+use crate::checkpoint::{CheckpointStore, ChunkRecord};
+use crate::copy_text;
+use crate::endpoint::Endpoint;
+use crate::error::PgResultExt;
+use crate::ident::{quote_ident, quote_table};
+
+/// Bytes gathered before they are handed to the COPY.
+const SEND_THRESHOLD: usize = 256 * 1024;
+
+pub struct BulkLoader {
+    client: Client,
+    store: CheckpointStore,
+}
+
+pub struct ChunkLoad<'a> {
+    loader: &'a BulkLoader,
+    copy: Pin<Box<CopyInSink<Bytes>>>,
+    buffer: BytesMut,
+    rows: i64,
+}
+
+impl BulkLoader {
+    pub async fn connect(endpoint: &Endpoint, store: CheckpointStore) -> Result<Self, ConnectorError> {
+        let client = endpoint.connect().await?;
+        // Snapshot rows were checked by the source already; skipping triggers and FK checks on
+        // the target lets chunks of related tables load in any order. It needs superuser, so
+        // without it chunks load with checks on (and parallel copies of FK-related tables may
+        // have to retry in order).
+        if let Err(e) = client.batch_execute("SET session_replication_role = replica").await {
+            tracing::warn!(error = %e, "copying with foreign key checks on: the target user cannot set session_replication_role");
+        }
+        Ok(BulkLoader { client, store })
+    }
+
+    /// Begins loading one chunk into `table` (its columns in order).
+    pub async fn start(&self, table: &TableSchema) -> Result<ChunkLoad<'_>, ConnectorError> {
+        self.client.batch_execute("BEGIN").await.context(|| "cannot begin a chunk".into())?;
+        let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let sql = format!("COPY {} ({columns}) FROM STDIN", quote_table(&table.id));
+        let copy = self.client.copy_in(&sql).await.context(|| format!("cannot copy into {}", table.id))?;
+        Ok(ChunkLoad { loader: self, copy: Box::pin(copy), buffer: BytesMut::with_capacity(SEND_THRESHOLD * 2), rows: 0 })
+    }
+}
+
+impl ChunkLoad<'_> {
+    pub async fn push(&mut self, row: &[Value]) -> Result<(), ConnectorError> {
+        copy_text::write_line(row, &mut self.buffer);
+        self.rows += 1;
+        if self.buffer.len() >= SEND_THRESHOLD {
+            let bytes = self.buffer.split().freeze();
+            self.copy.send(bytes).await.context(|| "copy into the target broke".into())?;
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> i64 {
+        self.rows
+    }
+
+    /// Ends the COPY and commits it with the chunk's record.
+    pub async fn finish(mut self, chunk: &ChunkRecord, copied_at: &Position) -> Result<i64, ConnectorError> {
+        if !self.buffer.is_empty() {
+            let bytes = self.buffer.split().freeze();
+            self.copy.send(bytes).await.context(|| "copy into the target broke".into())?;
+        }
+        self.copy.as_mut().finish().await.context(|| format!("cannot finish copying chunk {} of {}", chunk.chunk, chunk.table))?;
+        let client = &self.loader.client;
+        self.loader.store.chunk_done(client, chunk, copied_at, self.rows).await?;
+        client.batch_execute("COMMIT").await.context(|| "cannot commit a chunk".into())?;
+        Ok(self.rows)
+    }
+}

@@ -1,0 +1,508 @@
+//! Applying change batches to a PostgreSQL target.
+//!
+//! A batch becomes a few set-based statements, not one round trip per row: consecutive changes
+//! of the same kind to the same table with the same columns form a *run*, and each run is one
+//! statement over `unnest` of one text array per column (values cast by the target column's own
+//! type, i.e. through its input function, so every value arrives exactly as the source printed
+//! it). The statements of a batch are sent pipelined, in order, inside one target transaction
+//! that also advances the checkpoint; per-key order holds because a run never touches a key twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_util::future::try_join_all;
+use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Sink, TableId, TableSchema, Value};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+use crate::catalog::{self, TableInfo};
+use crate::checkpoint::CheckpointStore;
+use crate::error::PgResultExt;
+use crate::ident::{quote_ident, quote_table};
+
+pub struct PgSink {
+    client: Client,
+    store: CheckpointStore,
+    targets: HashMap<TableId, TableInfo>,
+    /// Apply plans by shaped schema; the `Arc` is kept so its address is never reused.
+    plans: HashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
+    statements: HashMap<String, Statement>,
+    in_transaction: bool,
+}
+
+/// How a shaped table's columns land in its target table.
+#[derive(Debug)]
+pub struct ApplyPlan {
+    target: TableId,
+    /// Target type per shaped column.
+    type_names: Vec<String>,
+    column_names: Vec<String>,
+    /// Shaped column indices that identify a row on the target.
+    key: Vec<usize>,
+}
+
+impl PgSink {
+    pub fn new(client: Client, store: CheckpointStore) -> Self {
+        PgSink {
+            client,
+            store,
+            targets: HashMap::new(),
+            plans: HashMap::new(),
+            statements: HashMap::new(),
+            in_transaction: false,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn target(&mut self, id: &TableId) -> Result<&TableInfo, ConnectorError> {
+        if !self.targets.contains_key(id) {
+            let info = catalog::load_table(&self.client, id).await?.ok_or_else(|| {
+                ConnectorError::definite(format!("target table {id} does not exist; create it (the target schema is yours)"))
+            })?;
+            self.targets.insert(id.clone(), info);
+        }
+        Ok(&self.targets[id])
+    }
+
+    async fn plan(&mut self, shaped: &Arc<TableSchema>) -> Result<Arc<ApplyPlan>, ConnectorError> {
+        let address = Arc::as_ptr(shaped) as usize;
+        if let Some((_, plan)) = self.plans.get(&address) {
+            return Ok(plan.clone());
+        }
+        let target = self.target(&shaped.id).await?;
+        let plan = Arc::new(plan_for(shaped, target)?);
+        self.plans.insert(address, (shaped.clone(), plan.clone()));
+        Ok(plan)
+    }
+
+    async fn statement(&mut self, sql: String) -> Result<Statement, ConnectorError> {
+        if let Some(statement) = self.statements.get(&sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(&sql).await.context(|| format!("cannot prepare {sql}"))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    async fn begin_if_needed(&mut self) -> Result<(), ConnectorError> {
+        if !self.in_transaction {
+            self.client.batch_execute("BEGIN").await.context(|| "cannot begin a target transaction".into())?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// Applies changes inside the open transaction, a pipeline of set-based statements.
+    async fn apply(&mut self, changes: &[Change]) -> Result<(), ConnectorError> {
+        let mut pending: Vec<PreparedRun> = Vec::new();
+        let mut index = 0;
+        while index < changes.len() {
+            match &changes[index] {
+                Change::Schema { old, new } => {
+                    self.flush(&mut pending).await?;
+                    self.on_schema_change(old, new).await?;
+                    index += 1;
+                }
+                Change::Truncate { tables, only_where, cascade, restart_identity } => {
+                    self.flush(&mut pending).await?;
+                    self.truncate(tables, only_where, *cascade, *restart_identity).await?;
+                    index += 1;
+                }
+                _ => {
+                    let run = next_run(&changes[index..]);
+                    let table = changes[index].table().expect("row changes have a table").clone();
+                    let plan = self.plan(&table).await?;
+                    let prepared = self.prepare_run(&plan, &changes[index..index + run.len], run.kind).await?;
+                    pending.push(prepared);
+                    index += run.len;
+                }
+            }
+        }
+        self.flush(&mut pending).await
+    }
+
+    async fn prepare_run(&mut self, plan: &ApplyPlan, changes: &[Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
+        let (sql, columns) = match kind {
+            RunKind::Insert => insert_sql(plan),
+            RunKind::Update => update_sql(plan, &present_columns(&changes[0])),
+            RunKind::Delete => delete_sql(plan),
+        };
+        let statement = self.statement(sql).await?;
+        let mut arrays: Vec<TextArray> = vec![TextArray::default(); columns.len()];
+        for change in changes {
+            for (array, source) in arrays.iter_mut().zip(&columns) {
+                array.push(value_for(change, *source, plan));
+            }
+        }
+        Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target.clone() })
+    }
+
+    /// Sends the prepared runs pipelined and checks each did what it should.
+    async fn flush(&mut self, pending: &mut Vec<PreparedRun>) -> Result<(), ConnectorError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let runs = std::mem::take(pending);
+        let client = &self.client;
+        let results = try_join_all(runs.iter().map(|run| async move {
+            let params: Vec<&(dyn ToSql + Sync)> = run.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+            client.execute(&run.statement, &params).await.map(|n| (n, run))
+        }))
+        .await
+        .map_err(|e| {
+            crate::error::classify("cannot apply changes to the target", e)
+        })?;
+        for (affected, run) in results {
+            if run.kind == RunKind::Update && affected != run.rows {
+                return Err(ConnectorError::definite(format!(
+                    "{} of {} updated rows are missing from target table {}: the target has diverged from the source \
+                     (a row deleted or changed there by someone else, or a filter column that changed on the source); \
+                     run `switchyard verify` to see the difference",
+                    run.rows - affected,
+                    run.rows,
+                    run.table
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn truncate(
+        &mut self,
+        tables: &[Arc<TableSchema>],
+        only_where: &[Vec<(String, Value)>],
+        cascade: bool,
+        restart_identity: bool,
+    ) -> Result<(), ConnectorError> {
+        let mut whole = Vec::new();
+        for (table, condition) in tables.iter().zip(only_where) {
+            if condition.is_empty() {
+                whole.push(quote_table(&table.id));
+                continue;
+            }
+            let target = self.target(&table.id).await?.clone();
+            let mut clauses = Vec::new();
+            let mut params: Vec<String> = Vec::new();
+            for (name, value) in condition {
+                let column = target.schema.columns.iter().find(|c| &c.name == name).ok_or_else(|| {
+                    ConnectorError::definite(format!("target table {} has no column {name}", table.id))
+                })?;
+                params.push(value.as_str().unwrap_or_default().to_string());
+                clauses.push(format!("{} = ${}::text::{}", quote_ident(name), params.len(), column.type_name));
+            }
+            let sql = format!("DELETE FROM {} WHERE {}", quote_table(&table.id), clauses.join(" AND "));
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            self.client.execute(&sql, &refs).await.context(|| format!("cannot empty {} for a TRUNCATE", table.id))?;
+        }
+        if !whole.is_empty() {
+            let mut sql = format!("TRUNCATE {}", whole.join(", "));
+            if restart_identity {
+                sql.push_str(" RESTART IDENTITY");
+            }
+            if cascade {
+                sql.push_str(" CASCADE");
+            }
+            self.client.batch_execute(&sql).await.context(|| format!("cannot apply {sql}"))?;
+        }
+        Ok(())
+    }
+
+    /// Adds columns that appeared on the source; any other change of shape was refused upstream.
+    async fn on_schema_change(&mut self, old: &TableSchema, new: &TableSchema) -> Result<(), ConnectorError> {
+        let target = self.target(&new.id).await?.clone();
+        for column in new.columns.iter().filter(|c| old.column_index(&c.name).is_none()) {
+            if target.schema.column_index(&column.name).is_some() {
+                continue;
+            }
+            let sql = format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                quote_table(&new.id),
+                quote_ident(&column.name),
+                column.type_name
+            );
+            self.client.batch_execute(&sql).await.context(|| format!("cannot add column {} to {}", column.name, new.id))?;
+            tracing::info!(table = %new.id, column = %column.name, "added a column that appeared on the source");
+        }
+        self.targets.remove(&new.id);
+        self.plans.retain(|_, (shape, _)| shape.id != new.id);
+        self.statements.clear();
+        Ok(())
+    }
+}
+
+impl Sink for PgSink {
+    async fn write(&mut self, batch: &ChangeBatch) -> Result<Option<Commit>, ConnectorError> {
+        self.begin_if_needed().await?;
+        let applied = self.apply(&batch.changes).await;
+        if let Err(error) = applied {
+            self.rollback().await;
+            return Err(error);
+        }
+        let Some(commit) = &batch.commit else { return Ok(None) };
+        let store = self.store.clone();
+        if let Err(error) = store.advance(&self.client, &commit.position, commit.time_micros).await {
+            self.rollback().await;
+            return Err(error);
+        }
+        self.client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
+        self.in_transaction = false;
+        Ok(Some(commit.clone()))
+    }
+}
+
+impl PgSink {
+    async fn rollback(&mut self) {
+        if self.in_transaction {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            self.in_transaction = false;
+        }
+    }
+}
+
+pub fn plan_for(shaped: &TableSchema, target: &TableInfo) -> Result<ApplyPlan, ConnectorError> {
+    let mut type_names = Vec::with_capacity(shaped.columns.len());
+    for column in &shaped.columns {
+        let target_column = target.schema.columns.iter().find(|c| c.name == column.name).ok_or_else(|| {
+            if target.generated.contains(&column.name) {
+                ConnectorError::definite(format!(
+                    "column {} of target table {} is generated there; drop it from the change with a drop_column transform",
+                    column.name, shaped.id
+                ))
+            } else {
+                ConnectorError::definite(format!(
+                    "target table {} has no column {}: add it, or rename or drop it with a transform",
+                    shaped.id, column.name
+                ))
+            }
+        })?;
+        type_names.push(target_column.type_name.clone());
+    }
+    // Identify rows by the target's own key when the change's key covers it (e.g. (tenant_id,
+    // id) after attaching tenant_id), else by the change's key.
+    let target_key: Option<Vec<usize>> =
+        target.schema.key_names().iter().map(|name| shaped.column_index(name)).collect();
+    let key = match target_key {
+        Some(key) if !key.is_empty() && key.iter().all(|k| shaped.key.contains(k)) => key,
+        _ => shaped.key.clone(),
+    };
+    if key.is_empty() {
+        return Err(ConnectorError::config(format!(
+            "table {} has no key to identify rows by: add a primary key to the source table",
+            shaped.id
+        )));
+    }
+    Ok(ApplyPlan {
+        target: shaped.id.clone(),
+        type_names,
+        column_names: shaped.columns.iter().map(|c| c.name.clone()).collect(),
+        key,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+struct Run {
+    kind: RunKind,
+    len: usize,
+}
+
+/// The longest prefix of `changes` that one statement can apply: same kind, same table schema,
+/// (for updates) the same unchanged columns, and no key touched twice.
+fn next_run(changes: &[Change]) -> Run {
+    let first = &changes[0];
+    let kind = run_kind(first).expect("called on a row change");
+    let table = first.table().expect("row change");
+    let shape = present_columns(first);
+    let mut keys: HashSet<Vec<Value>> = HashSet::new();
+    let mut len = 0;
+    for change in changes {
+        if run_kind(change) != Some(kind) || !Arc::ptr_eq(change.table().expect("row change"), table) {
+            break;
+        }
+        if kind == RunKind::Update && present_columns(change) != shape {
+            break;
+        }
+        let touched = touched_keys(change);
+        if touched.iter().any(|k| keys.contains(k)) {
+            break;
+        }
+        keys.extend(touched);
+        len += 1;
+    }
+    Run { kind, len }
+}
+
+fn run_kind(change: &Change) -> Option<RunKind> {
+    match change {
+        Change::Insert { .. } => Some(RunKind::Insert),
+        Change::Update { .. } => Some(RunKind::Update),
+        Change::Delete { .. } => Some(RunKind::Delete),
+        _ => None,
+    }
+}
+
+fn touched_keys(change: &Change) -> Vec<Vec<Value>> {
+    match change {
+        Change::Insert { table, row } => vec![table.key.iter().map(|&i| row[i].clone()).collect()],
+        Change::Update { table, old_key, row } => {
+            let mut keys = vec![table.key.iter().map(|&i| row[i].clone()).collect()];
+            keys.extend(old_key.clone());
+            keys
+        }
+        Change::Delete { key, .. } => vec![key.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// Which columns of an update carry a value (the rest are unchanged TOAST).
+fn present_columns(change: &Change) -> Vec<bool> {
+    match change {
+        Change::Update { row, .. } => row.iter().map(|v| *v != Value::Unchanged).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Where a statement parameter takes its values from.
+#[derive(Clone, Copy, Debug)]
+enum ParamSource {
+    /// A column of the change's row.
+    Column(usize),
+    /// The n-th column of the row's key as it was before the change.
+    OldKey(usize),
+}
+
+fn insert_sql(plan: &ApplyPlan) -> (String, Vec<ParamSource>) {
+    let n = plan.column_names.len();
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({})",
+        quote_table(&plan.target),
+        plan.column_names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
+        (0..n).map(|i| format!("u.v{i}::{}", plan.type_names[i])).collect::<Vec<_>>().join(", "),
+        (1..=n).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+        (0..n).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", "),
+    );
+    (sql, (0..n).map(ParamSource::Column).collect())
+}
+
+fn update_sql(plan: &ApplyPlan, present: &[bool]) -> (String, Vec<ParamSource>) {
+    let mut params: Vec<ParamSource> = plan.key.iter().enumerate().map(|(n, _)| ParamSource::OldKey(n)).collect();
+    let mut sets = Vec::new();
+    for (column, name) in plan.column_names.iter().enumerate() {
+        if present.get(column) == Some(&true) {
+            params.push(ParamSource::Column(column));
+            sets.push(format!("{} = u.p{}::{}", quote_ident(name), params.len(), plan.type_names[column]));
+        }
+    }
+    let matches = key_match(plan);
+    let sql = format!(
+        "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
+        quote_table(&plan.target),
+        sets.join(", "),
+        (1..=params.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+        (1..=params.len()).map(|i| format!("p{i}")).collect::<Vec<_>>().join(", "),
+        matches,
+    );
+    (sql, params)
+}
+
+fn delete_sql(plan: &ApplyPlan) -> (String, Vec<ParamSource>) {
+    let params: Vec<ParamSource> = plan.key.iter().enumerate().map(|(n, _)| ParamSource::OldKey(n)).collect();
+    let sql = format!(
+        "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}",
+        quote_table(&plan.target),
+        (1..=params.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
+        (1..=params.len()).map(|i| format!("p{i}")).collect::<Vec<_>>().join(", "),
+        key_match(plan),
+    );
+    (sql, params)
+}
+
+/// `t.k1 = u.p1::type AND ...`: the key comes first in update and delete parameters.
+fn key_match(plan: &ApplyPlan) -> String {
+    plan.key
+        .iter()
+        .enumerate()
+        .map(|(n, &column)| {
+            format!("t.{} = u.p{}::{}", quote_ident(&plan.column_names[column]), n + 1, plan.type_names[column])
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn value_for<'a>(change: &'a Change, source: ParamSource, plan: &ApplyPlan) -> Option<&'a [u8]> {
+    let value = match (change, source) {
+        (Change::Insert { row, .. } | Change::Update { row, .. }, ParamSource::Column(i)) => &row[i],
+        (Change::Update { old_key: Some(key), table, .. } | Change::Delete { key, table }, ParamSource::OldKey(n)) => {
+            // The source key is in source-key order; the plan's key may be the target's.
+            let column = plan.key[n];
+            match table.key.iter().position(|&k| k == column) {
+                Some(position) => &key[position],
+                None => return None,
+            }
+        }
+        (Change::Update { old_key: None, row, .. }, ParamSource::OldKey(n)) => &row[plan.key[n]],
+        _ => return None,
+    };
+    value.as_bytes()
+}
+
+struct PreparedRun {
+    statement: Statement,
+    arrays: Vec<TextArray>,
+    kind: RunKind,
+    rows: u64,
+    table: TableId,
+}
+
+/// A `text[]` parameter built from borrowed-free owned bytes, encoded in the binary array format.
+#[derive(Clone, Debug, Default)]
+struct TextArray {
+    data: BytesMut,
+    /// Offsets into `data` per element; `None` is NULL.
+    elements: Vec<Option<(usize, usize)>>,
+}
+
+impl TextArray {
+    fn push(&mut self, value: Option<&[u8]>) {
+        self.elements.push(value.map(|bytes| {
+            let start = self.data.len();
+            self.data.extend_from_slice(bytes);
+            (start, self.data.len())
+        }));
+    }
+}
+
+impl ToSql for TextArray {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let dimension = postgres_protocol::types::ArrayDimension { len: self.elements.len() as i32, lower_bound: 1 };
+        postgres_protocol::types::array_to_sql(
+            Some(dimension),
+            Type::TEXT.oid(),
+            self.elements.iter(),
+            |element, buf| match element {
+                Some((start, end)) => {
+                    buf.extend_from_slice(&self.data[*start..*end]);
+                    Ok(postgres_protocol::IsNull::No)
+                }
+                None => Ok(postgres_protocol::IsNull::Yes),
+            },
+            out,
+        )?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT_ARRAY
+    }
+
+    to_sql_checked!();
+}

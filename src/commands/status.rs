@@ -1,0 +1,115 @@
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::registry::{self, slot};
+
+#[derive(Serialize, Default)]
+struct Status {
+    pipeline: String,
+    source: String,
+    target: String,
+    phase: String,
+    source_position: Option<String>,
+    applied_position: Option<String>,
+    lag_bytes: Option<i64>,
+    lag_seconds: Option<f64>,
+    slot: String,
+    slot_active: Option<bool>,
+    slot_retained_wal_bytes: Option<i64>,
+    tables: Vec<TableCopy>,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TableCopy {
+    table: String,
+    chunks_done: usize,
+    chunks: usize,
+    rows_copied: i64,
+}
+
+pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let file = super::load(path)?;
+    let endpoints = registry::endpoints(&file)?;
+    let mut status = Status {
+        pipeline: file.pipeline.name.clone(),
+        source: endpoints.source.shown().to_string(),
+        target: endpoints.target.shown().to_string(),
+        slot: file.slot_name(),
+        phase: "not started".into(),
+        ..Default::default()
+    };
+    let source = endpoints.source.connect().await?;
+    let target = endpoints.target.connect().await?;
+    let current = slot::current_wal_lsn(&source).await?;
+    status.source_position = Some(current.to_string());
+    let slot_state = slot::slot_state(&source, &file.slot_name()).await?;
+    if let Some(state) = &slot_state {
+        status.slot_active = Some(state.active);
+        status.slot_retained_wal_bytes = state.retained_bytes;
+    }
+    let store = registry::checkpoint_store(&file);
+    if store.exists(&target).await? {
+        if let Some(record) = store.load(&target).await? {
+            status.phase = record.phase.clone();
+            status.last_error = record.last_error.clone();
+            if let Some(switchyard_core::Position::Postgres(applied)) = &record.applied {
+                status.applied_position = Some(applied.to_string());
+                // Past what was applied, the slot may have confirmed WAL that held nothing for us.
+                let confirmed = slot_state.as_ref().and_then(|s| s.confirmed_flush).unwrap_or(*applied).max(*applied);
+                let lag = current.0.saturating_sub(confirmed.0) as i64;
+                status.lag_bytes = Some(lag);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as i64;
+                status.lag_seconds = Some(match (lag, record.applied_commit_micros) {
+                    (0, _) | (_, None) => 0.0,
+                    (_, Some(at)) => (now - at).max(0) as f64 / 1e6,
+                });
+            }
+            let chunks = store.chunks(&target).await?;
+            let mut tables: Vec<TableCopy> = Vec::new();
+            for chunk in &chunks {
+                let name = chunk.table.to_string();
+                if tables.last().is_none_or(|t| t.table != name) {
+                    tables.push(TableCopy { table: name, chunks_done: 0, chunks: 0, rows_copied: 0 });
+                }
+                let entry = tables.last_mut().expect("just pushed");
+                entry.chunks += 1;
+                if chunk.copied_at.is_some() {
+                    entry.chunks_done += 1;
+                    entry.rows_copied += chunk.rows;
+                }
+            }
+            status.tables = tables;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("pipeline   {}", status.pipeline);
+    println!("source     {}", status.source);
+    println!("target     {}", status.target);
+    println!("phase      {}", status.phase);
+    println!("position   source {}  applied {}", status.source_position.as_deref().unwrap_or("-"), status.applied_position.as_deref().unwrap_or("-"));
+    if let (Some(bytes), Some(seconds)) = (status.lag_bytes, status.lag_seconds) {
+        println!("lag        {bytes} bytes, {seconds:.1} s");
+    }
+    match (status.slot_active, status.slot_retained_wal_bytes) {
+        (Some(active), retained) => println!(
+            "slot       {} ({}), retains {} bytes of WAL",
+            status.slot,
+            if active { "active" } else { "inactive" },
+            retained.unwrap_or(0)
+        ),
+        (None, _) => println!("slot       {} (does not exist)", status.slot),
+    }
+    for table in &status.tables {
+        println!("copy       {:<30} {}/{} chunks, {} rows", table.table, table.chunks_done, table.chunks, table.rows_copied);
+    }
+    if let Some(error) = &status.last_error {
+        println!("last error {error}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

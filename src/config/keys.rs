@@ -1,0 +1,76 @@
+//! The keys a pipeline file may contain, so that every unknown key is reported at once, each with
+//! the nearest known key as a suggestion.
+
+use toml::Value;
+
+use super::Problem;
+
+const TOP: &[&str] = &["pipeline", "source", "target", "transform", "snapshot", "apply"];
+const PIPELINE: &[&str] = &["name"];
+const SOURCE: &[&str] = &["type", "url", "tables", "slot", "publication"];
+const TARGET: &[&str] = &["type", "url", "checkpoint_schema"];
+const SNAPSHOT: &[&str] = &["parallel", "chunk_rows"];
+const APPLY: &[&str] = &["max_batch_changes"];
+
+fn transform_keys(kind: Option<&str>) -> &'static [&'static str] {
+    match kind {
+        Some("attach_column") => &["type", "tables", "column", "value"],
+        Some("rename_column") => &["type", "tables", "from", "to"],
+        Some("drop_column") => &["type", "tables", "column"],
+        Some("rename_table") => &["type", "table", "to"],
+        Some("filter") => &["type", "tables", "column", "op", "value", "values"],
+        _ => &["type"],
+    }
+}
+
+pub const TRANSFORM_TYPES: &[&str] = &["attach_column", "rename_column", "drop_column", "rename_table", "filter"];
+
+pub fn unknown_keys(document: &Value) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Some(top) = document.as_table() else { return problems };
+    check_table(top, TOP, "", &mut problems);
+    for (section, known) in [("pipeline", PIPELINE), ("source", SOURCE), ("target", TARGET), ("snapshot", SNAPSHOT), ("apply", APPLY)] {
+        if let Some(table) = top.get(section).and_then(Value::as_table) {
+            check_table(table, known, section, &mut problems);
+        }
+    }
+    if let Some(transforms) = top.get("transform").and_then(Value::as_array) {
+        for (index, transform) in transforms.iter().enumerate() {
+            let Some(table) = transform.as_table() else { continue };
+            let path = format!("transform[{index}]");
+            let kind = table.get("type").and_then(Value::as_str);
+            match kind {
+                Some(kind) if !TRANSFORM_TYPES.contains(&kind) => problems.push(Problem::new(
+                    format!("{path}.type"),
+                    format!("unknown transform type {kind:?}{}", suggestion(kind, TRANSFORM_TYPES)),
+                )),
+                None => problems.push(Problem::new(
+                    format!("{path}.type"),
+                    format!("missing; one of: {}", TRANSFORM_TYPES.join(", ")),
+                )),
+                Some(_) => check_table(table, transform_keys(kind), &path, &mut problems),
+            }
+        }
+    }
+    problems
+}
+
+fn check_table(table: &toml::Table, known: &[&str], path: &str, problems: &mut Vec<Problem>) {
+    for key in table.keys() {
+        if !known.contains(&key.as_str()) {
+            let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            problems.push(Problem::new(at, format!("unknown key{}", suggestion(key, known))));
+        }
+    }
+}
+
+/// `; did you mean "x"?` for the closest known word, if any is close.
+pub fn suggestion(word: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), *k))
+        .filter(|(distance, k)| *distance <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| format!("; did you mean {k:?}?"))
+        .unwrap_or_else(|| format!("; known keys: {}", known.join(", ")))
+}

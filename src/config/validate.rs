@@ -1,0 +1,86 @@
+//! Checks a parsed pipeline file needs no server for: names, references, ranges.
+
+use std::collections::HashSet;
+
+use switchyard_core::TableId;
+
+use super::{FilterOp, PipelineFile, Problem, TransformSection};
+
+pub fn validate(file: &PipelineFile) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let name = &file.pipeline.name;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.len() > 40 {
+        problems.push(Problem::new(
+            "pipeline.name",
+            format!("{name:?} must be 1-40 letters, digits or underscores (it names the slot and publication)"),
+        ));
+    }
+    for (path, kind) in [("source.type", &file.source.kind), ("target.type", &file.target.kind)] {
+        if kind != "postgres" {
+            problems.push(Problem::new(path, format!("{kind:?} is not a supported database; supported: \"postgres\"")));
+        }
+    }
+    if file.source.tables.is_empty() {
+        problems.push(Problem::new("source.tables", "lists no table; name the tables to carry, e.g. [\"public.users\"]"));
+    }
+    let mut seen = HashSet::new();
+    for (index, table) in file.source.tables.iter().enumerate() {
+        match TableId::parse(table, "public") {
+            None => problems.push(Problem::new(format!("source.tables[{index}]"), format!("{table:?} is not a table name"))),
+            Some(id) if !seen.insert(id.clone()) => {
+                problems.push(Problem::new(format!("source.tables[{index}]"), format!("{id} is listed twice")))
+            }
+            _ => {}
+        }
+    }
+    for (path, value) in [("source.slot", &file.source.slot), ("source.publication", &file.source.publication)] {
+        if let Some(value) = value {
+            if value.is_empty() || value.len() > 63 || !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                problems.push(Problem::new(path, format!("{value:?} must be 1-63 lowercase letters, digits or underscores")));
+            }
+        }
+    }
+    if file.snapshot.parallel == 0 || file.snapshot.parallel > 64 {
+        problems.push(Problem::new("snapshot.parallel", "must be between 1 and 64"));
+    }
+    if file.snapshot.chunk_rows < 1000 {
+        problems.push(Problem::new("snapshot.chunk_rows", "must be at least 1000"));
+    }
+    if file.apply.max_batch_changes == 0 {
+        problems.push(Problem::new("apply.max_batch_changes", "must be at least 1"));
+    }
+    for (index, transform) in file.transforms.iter().enumerate() {
+        validate_transform(&format!("transform[{index}]"), transform, &mut problems);
+    }
+    problems
+}
+
+fn validate_transform(path: &str, transform: &TransformSection, problems: &mut Vec<Problem>) {
+    let tables = match transform {
+        TransformSection::AttachColumn { tables, .. }
+        | TransformSection::RenameColumn { tables, .. }
+        | TransformSection::DropColumn { tables, .. }
+        | TransformSection::Filter { tables, .. } => tables.clone(),
+        TransformSection::RenameTable { table, to } => {
+            if TableId::parse(to, "public").is_none() {
+                problems.push(Problem::new(format!("{path}.to"), format!("{to:?} is not a table name")));
+            }
+            vec![table.clone()]
+        }
+    };
+    for (index, table) in tables.iter().enumerate() {
+        if TableId::parse(table, "public").is_none() {
+            problems.push(Problem::new(format!("{path}.tables[{index}]"), format!("{table:?} is not a table name")));
+        }
+    }
+    if let TransformSection::Filter { op, value, values, .. } = transform {
+        let needs_value = matches!(op, FilterOp::Eq | FilterOp::Ne);
+        let needs_values = matches!(op, FilterOp::In | FilterOp::NotIn);
+        if needs_value && value.is_none() {
+            problems.push(Problem::new(format!("{path}.value"), "is required for op eq / ne"));
+        }
+        if needs_values && values.is_empty() {
+            problems.push(Problem::new(format!("{path}.values"), "is required (a list) for op in / not_in"));
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Switchyard's engine: what to do, never how a database speaks. Connectors are picked in
+//! `registry` only.
+
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod registry;
+pub mod runtime;
+pub mod transform;

@@ -1,0 +1,107 @@
+//! Where a resumed snapshot meets the stream.
+//!
+//! Chunks copied at the initial snapshot S meet the stream exactly: it starts at S. A chunk
+//! copied after a restart, at a later snapshot T, already holds every transaction that
+//! committed before T, so for the rows of that chunk those transactions are skipped. Once the
+//! stream is past every such T the seam is gone.
+
+use std::collections::HashMap;
+
+use switchyard_core::{Change, ConnectorError, Position, TableId, Value};
+
+use crate::registry::ChunkRecord;
+
+#[derive(Debug, Default)]
+pub struct Seam {
+    /// Per table: chunks copied after the stream's start, with the position they were copied at.
+    late_chunks: HashMap<TableId, Vec<(Option<(i64, i64)>, Position)>>,
+    /// The stream is past the seam once a transaction begins at or after this.
+    ends_at: Option<Position>,
+}
+
+impl Seam {
+    pub fn new(chunks: &[ChunkRecord], stream_start: &Position) -> Seam {
+        let mut seam = Seam::default();
+        for chunk in chunks {
+            let Some(copied_at) = &chunk.copied_at else { continue };
+            if copied_at <= stream_start {
+                continue;
+            }
+            seam.late_chunks.entry(chunk.table.clone()).or_default().push((chunk.range, copied_at.clone()));
+            if seam.ends_at.as_ref().is_none_or(|end| copied_at > end) {
+                seam.ends_at = Some(copied_at.clone());
+            }
+        }
+        seam
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.ends_at.is_some()
+    }
+
+    /// Whether the chunk holding `key` of `table` already contains a transaction beginning at
+    /// `begins_at`.
+    fn already_copied(&self, table: &TableId, key: &[Value], begins_at: &Position) -> bool {
+        let Some(chunks) = self.late_chunks.get(table) else { return false };
+        let first_key = key.first().and_then(Value::as_str).and_then(|k| k.parse::<i64>().ok());
+        chunks.iter().any(|(range, copied_at)| {
+            let holds_key = match (range, first_key) {
+                (None, _) => true,
+                (Some((lo, hi)), Some(k)) => *lo <= k && k < *hi,
+                (Some(_), None) => false,
+            };
+            holds_key && begins_at < copied_at
+        })
+    }
+
+    /// Filters one change of a transaction beginning at `begins_at`.
+    pub fn filter(&mut self, change: Change, begins_at: &Position) -> Result<Option<Change>, ConnectorError> {
+        if let Some(end) = &self.ends_at {
+            if begins_at >= end {
+                self.late_chunks.clear();
+                self.ends_at = None;
+            }
+        }
+        if !self.is_open() {
+            return Ok(Some(change));
+        }
+        Ok(match change {
+            Change::Insert { ref table, ref row } => {
+                let key: Vec<Value> = table.key.iter().map(|&i| row[i].clone()).collect();
+                (!self.already_copied(&table.id, &key, begins_at)).then_some(change)
+            }
+            Change::Delete { ref table, ref key } => (!self.already_copied(&table.id, key, begins_at)).then_some(change),
+            Change::Update { table, old_key, row } => {
+                let new_key: Vec<Value> = table.key.iter().map(|&i| row[i].clone()).collect();
+                let old = old_key.clone().unwrap_or_else(|| new_key.clone());
+                let skip_old = self.already_copied(&table.id, &old, begins_at);
+                let skip_new = self.already_copied(&table.id, &new_key, begins_at);
+                match (skip_old, skip_new) {
+                    (true, true) => None,
+                    (false, false) => Some(Change::Update { table, old_key, row }),
+                    // The row moved between a chunk that holds this transaction and one that does not.
+                    (false, true) => Some(Change::Delete { table, key: old }),
+                    (true, false) if !row.contains(&Value::Unchanged) => Some(Change::Insert { table, row }),
+                    (true, false) => {
+                        return Err(ConnectorError::unsupported(format!(
+                            "a key update in {} moved a row with unchanged large values across a resumed snapshot chunk; \
+                             run `switchyard teardown --drop-checkpoint` and `switchyard run` again to copy afresh",
+                            table.id
+                        )))
+                    }
+                }
+            }
+            Change::Truncate { ref tables, .. } => {
+                if let Some(table) = tables.iter().find(|t| self.late_chunks.contains_key(&t.id)) {
+                    return Err(ConnectorError::unsupported(format!(
+                        "TRUNCATE of {} reached a resumed snapshot before the stream passed it; \
+                         run `switchyard teardown --drop-checkpoint` and `switchyard run` again to copy afresh",
+                        table.id
+                    )));
+                }
+                Some(change)
+            }
+            Change::Schema { .. } => Some(change),
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! The initial copy: planning chunks, copying them in parallel, resuming after a stop.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use switchyard_core::{Position, TableId, TableSchema};
+
+use super::progress::CopyProgress;
+use super::{record_for, stopping, Ends, Shutdown, Store};
+use crate::config::PipelineFile;
+use crate::registry::{slot, BulkLoader, ChunkRecord, PipelineRecord, RowReader, SnapshotReader};
+use crate::transform::{Shaper, TablePlan};
+
+const INTEGER_TYPES: [u32; 3] = [20, 21, 23];
+
+pub(super) async fn initial(
+    file: &PipelineFile,
+    endpoints: &Ends,
+    source: &tokio_postgres::Client,
+    target: &mut tokio_postgres::Client,
+    store: &Store,
+    tables: &[Arc<TableSchema>],
+    shaper: &mut Shaper,
+    shutdown: Shutdown,
+) -> anyhow::Result<PipelineRecord> {
+    let slot_name = file.slot_name();
+    let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
+    slot::ensure_publication(source, &file.publication_name(), &ids).await?;
+    if let Some(existing) = slot::slot_state(source, &slot_name).await? {
+        if existing.active {
+            bail!("replication slot {slot_name} is in use by another process: is another `switchyard run` of this pipeline running?");
+        }
+        // A slot without a checkpoint is left from a first run that stopped before recording
+        // anything: nothing was applied from it, so starting over is exact.
+        tracing::info!(slot = %slot_name, "dropping a slot left by a first run that recorded no checkpoint");
+        slot::drop_slot(source, &slot_name).await?;
+    }
+    let exported = slot::create_slot(&endpoints.source, &slot_name, false).await?;
+    let at = Position::Postgres(exported.lsn);
+    tracing::info!(slot = %slot_name, position = %at, "created the replication slot; copying the snapshot");
+    let reader = SnapshotReader::open(&endpoints.source, &exported.name).await?;
+    let mut estimates = HashMap::new();
+    for table in tables {
+        let info = crate::registry::pg_catalog::load_table(source, &table.id).await?.context("table vanished")?;
+        estimates.insert(table.id.clone(), info.estimated_rows);
+    }
+    let chunks = plan_chunks(&reader, tables, &estimates, file.snapshot.chunk_rows).await?;
+    drop(reader);
+    let record = record_for(file, &at);
+    store.create(target, &record, &chunks).await?;
+    copy(file, endpoints, store, tables, shaper, &exported.name, &at, chunks, &estimates, shutdown).await?;
+    Ok(record)
+}
+
+pub(super) async fn resume(
+    file: &PipelineFile,
+    endpoints: &Ends,
+    target: &tokio_postgres::Client,
+    store: &Store,
+    tables: &[Arc<TableSchema>],
+    shaper: &mut Shaper,
+    record: PipelineRecord,
+    shutdown: Shutdown,
+) -> anyhow::Result<PipelineRecord> {
+    let chunks = store.chunks(target).await?;
+    let remaining: Vec<ChunkRecord> = chunks.iter().filter(|c| c.copied_at.is_none()).cloned().collect();
+    if remaining.is_empty() {
+        return Ok(record);
+    }
+    let source = endpoints.source.connect().await?;
+    if slot::slot_state(&source, &record.slot).await?.is_none() {
+        bail!(
+            "replication slot {} is gone, so changes since the snapshot began are lost to this pipeline; \
+             run `switchyard teardown --drop-checkpoint`, empty the target tables, and run again",
+            record.slot
+        );
+    }
+    // The first snapshot died with the process; a temporary slot exports a new one with its
+    // exact position, and the seam skips what that snapshot already holds.
+    let exported = slot::create_slot(&endpoints.source, &format!("{}_resume", record.slot), true).await?;
+    let at = Position::Postgres(exported.lsn);
+    let done = chunks.len() - remaining.len();
+    tracing::info!(done, remaining = remaining.len(), position = %at, "resuming the snapshot");
+    let mut estimates = HashMap::new();
+    for chunk in &remaining {
+        *estimates.entry(chunk.table.clone()).or_insert(0) += file.snapshot.chunk_rows as i64;
+    }
+    copy(file, endpoints, store, tables, shaper, &exported.name, &at, remaining, &estimates, shutdown).await?;
+    Ok(record)
+}
+
+/// Splits tables with an integer first key column into key ranges of about `chunk_rows` rows;
+/// other tables are one chunk each.
+pub async fn plan_chunks(
+    reader: &SnapshotReader,
+    tables: &[Arc<TableSchema>],
+    estimates: &HashMap<TableId, i64>,
+    chunk_rows: u64,
+) -> anyhow::Result<Vec<ChunkRecord>> {
+    let mut chunks = Vec::new();
+    for table in tables {
+        let whole = ChunkRecord { table: table.id.clone(), chunk: 0, range: None, copied_at: None, rows: 0 };
+        let key = &table.columns[table.key[0]];
+        if !INTEGER_TYPES.contains(&key.type_oid) {
+            chunks.push(whole);
+            continue;
+        }
+        let Some((min, max)) = reader.integer_bounds(&table.id, &key.name).await? else {
+            chunks.push(whole);
+            continue;
+        };
+        if max == i64::MAX {
+            chunks.push(whole);
+            continue;
+        }
+        let span = (max as i128) - (min as i128) + 1;
+        let estimate = estimates.get(&table.id).copied().filter(|&e| e > 0).map(|e| e as i128).unwrap_or(span);
+        let count = ((estimate + chunk_rows as i128 - 1) / chunk_rows as i128).clamp(1, 10_000);
+        let width = (span + count - 1) / count;
+        let mut lo = min as i128;
+        let mut index = 0;
+        while lo <= max as i128 {
+            let hi = (lo + width).min(max as i128 + 1);
+            chunks.push(ChunkRecord { range: Some((lo as i64, hi as i64)), chunk: index, ..whole.clone() });
+            index += 1;
+            lo = hi;
+        }
+    }
+    Ok(chunks)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy(
+    file: &PipelineFile,
+    endpoints: &Ends,
+    store: &Store,
+    tables: &[Arc<TableSchema>],
+    shaper: &mut Shaper,
+    snapshot: &str,
+    at: &Position,
+    chunks: Vec<ChunkRecord>,
+    estimates: &HashMap<TableId, i64>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut plans = HashMap::new();
+    for table in tables {
+        plans.insert(table.id.clone(), shaper.plan(table)?);
+    }
+    let progress = Arc::new(CopyProgress::new(tables.iter().map(|t| (t.id.clone(), estimates.get(&t.id).copied().unwrap_or(0)))));
+    let workers = file.snapshot.parallel.min(chunks.len()).max(1);
+    let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
+    let plans = Arc::new(plans);
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let job = CopyJob {
+            source: endpoints.source.clone(),
+            target: endpoints.target.clone(),
+            store: store.clone(),
+            snapshot: snapshot.to_string(),
+            at: at.clone(),
+            queue: queue.clone(),
+            plans: plans.clone(),
+            progress: progress.clone(),
+            shutdown: shutdown.clone(),
+        };
+        handles.push(tokio::spawn(job.run()));
+    }
+    let mut first_error = None;
+    for handle in handles {
+        if let Err(e) = handle.await.context("a copy worker panicked")? {
+            first_error.get_or_insert(e);
+        }
+    }
+    progress.finish();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+struct CopyJob {
+    source: crate::registry::Endpoint,
+    target: crate::registry::Endpoint,
+    store: Store,
+    snapshot: String,
+    at: Position,
+    queue: Arc<Mutex<VecDeque<ChunkRecord>>>,
+    plans: Arc<HashMap<TableId, Arc<TablePlan>>>,
+    progress: Arc<CopyProgress>,
+    shutdown: Shutdown,
+}
+
+impl CopyJob {
+    async fn run(self) -> anyhow::Result<()> {
+        let reader = SnapshotReader::open(&self.source, &self.snapshot).await?;
+        let loader = BulkLoader::connect(&self.target, self.store.clone()).await?;
+        loop {
+            if stopping(&self.shutdown) {
+                return Ok(());
+            }
+            let Some(chunk) = self.queue.lock().expect("queue lock").pop_front() else { return Ok(()) };
+            let plan = self.plans.get(&chunk.table).context("chunk of an unplanned table")?;
+            let key_column = &plan.source.columns[plan.source.key[0]].name;
+            let range = chunk.range.map(|(lo, hi)| (key_column.as_str(), lo, hi));
+            let stream = reader.copy_out(&plan.source, range).await?;
+            let mut rows = RowReader::new(stream, chunk.table.clone());
+            let mut load = loader.start(&plan.target).await?;
+            while let Some(batch) = rows.next_rows().await? {
+                for row in &batch {
+                    if plan.passes(row) {
+                        load.push(&plan.row(row)).await?;
+                    }
+                }
+                self.progress.add(&chunk.table, batch.len() as u64);
+            }
+            load.finish(&chunk, &self.at).await.with_context(|| format!("chunk {} of {}", chunk.chunk, chunk.table))?;
+        }
+    }
+}

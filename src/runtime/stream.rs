@@ -1,0 +1,186 @@
+//! Following the change stream: read, filter at the seam, transform, apply with the checkpoint,
+//! acknowledge.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use switchyard_core::{Change, ChangeBatch, Position, Sink, Source, TableSchema};
+use tokio::sync::{mpsc, watch};
+
+use super::seam::Seam;
+use super::{Ends, Shutdown, Store};
+use crate::config::PipelineFile;
+use crate::registry::{PgSink, PgSource};
+use crate::transform::Shaper;
+
+#[derive(Clone, Debug)]
+pub struct FollowOptions {
+    pub max_batch_changes: usize,
+}
+
+/// Batches read ahead of the one being applied: decoding overlaps applying, memory stays bounded.
+const READ_AHEAD: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn follow(
+    file: &PipelineFile,
+    endpoints: &Ends,
+    source_client: tokio_postgres::Client,
+    target_client: tokio_postgres::Client,
+    store: Store,
+    tables: Vec<Arc<TableSchema>>,
+    shaper: Shaper,
+    seam: Seam,
+    start: Position,
+    options: FollowOptions,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let Position::Postgres(lsn) = start;
+    let publication = file.publication_name();
+    let stream = endpoints
+        .source
+        .replication()
+        .await?
+        .start_logical(&file.slot_name(), lsn, &[("publication_names", publication.as_str())])
+        .await?;
+    let (acknowledge, acknowledgements) = watch::channel(None);
+    let source = PgSource::new(stream, acknowledgements, source_client, tables, lsn, options.max_batch_changes);
+    let sink = PgSink::new(target_client, store);
+    tracing::info!(position = %start, "following the change stream");
+    apply_loop(source, sink, shaper, seam, acknowledge, options, shutdown).await
+}
+
+/// Runs the source in its own task, so decoding overlaps applying, and applies in this one.
+async fn apply_loop<S: Source + 'static, K: Sink>(
+    source: S,
+    mut sink: K,
+    mut shaper: Shaper,
+    mut seam: Seam,
+    acknowledge: watch::Sender<Option<Position>>,
+    options: FollowOptions,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (batches, mut incoming) = mpsc::channel::<ChangeBatch>(READ_AHEAD);
+    let reader = tokio::spawn(read_loop(source, batches));
+    let mut inside_transaction = false;
+    let mut report = Report::default();
+    let result: anyhow::Result<()> = async {
+        loop {
+            let first = tokio::select! {
+                biased;
+                // A part of a big transaction is finished before stopping; the target would
+                // roll it back anyway, but stopping on a boundary keeps the log honest.
+                _ = shutdown.wait_for(|stop| *stop), if !inside_transaction => return Ok(()),
+                batch = incoming.recv() => match batch {
+                    Some(batch) => batch,
+                    None => return Ok(()),
+                },
+            };
+            let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper)?;
+            let changes = batch.changes.len();
+            let committed = sink.write(&batch).await?;
+            inside_transaction = committed.is_none();
+            if let Some(commit) = committed {
+                acknowledge.send_replace(Some(commit.position.clone()));
+                report.applied(changes, &commit.position, commit.time_micros);
+            } else {
+                report.partial(changes);
+            }
+        }
+    }
+    .await;
+    drop(acknowledge);
+    let read = reader.await.context("the stream reader panicked")?;
+    result?;
+    read
+}
+
+/// Takes the first batch and whatever complete transactions are already waiting (up to
+/// `max_changes`), filtered and transformed into one batch for one target transaction.
+fn gather(
+    first: ChangeBatch,
+    incoming: &mut mpsc::Receiver<ChangeBatch>,
+    max_changes: usize,
+    seam: &mut Seam,
+    shaper: &mut Shaper,
+) -> anyhow::Result<ChangeBatch> {
+    let mut merged = ChangeBatch { begins_at: first.begins_at.clone(), changes: Vec::new(), commit: None };
+    let mut next = Some(first);
+    while let Some(batch) = next.take() {
+        for change in batch.changes {
+            check_schema_change(&change)?;
+            let Some(change) = seam.filter(change, &batch.begins_at)? else { continue };
+            if let Some(change) = shaper.apply(change)? {
+                merged.changes.push(change);
+            }
+        }
+        merged.commit = batch.commit;
+        if merged.commit.is_some() && merged.changes.len() < max_changes {
+            next = incoming.try_recv().ok();
+        }
+    }
+    Ok(merged)
+}
+
+/// Adding columns at the end is carried to the target; any other change of a table's shape
+/// stops the pipeline before a row of the new shape is written.
+fn check_schema_change(change: &Change) -> anyhow::Result<()> {
+    let Change::Schema { old, new } = change else { return Ok(()) };
+    let kept = old.columns.len() <= new.columns.len()
+        && old.columns.iter().zip(&new.columns).all(|(a, b)| a.name == b.name && a.type_oid == b.type_oid && a.type_name == b.type_name)
+        && old.key_names() == new.key_names()
+        && old.id == new.id;
+    if kept {
+        return Ok(());
+    }
+    let before: Vec<String> = old.columns.iter().map(|c| format!("{} {}", c.name, c.type_name)).collect();
+    let after: Vec<String> = new.columns.iter().map(|c| format!("{} {}", c.name, c.type_name)).collect();
+    bail!(
+        "table {} changed on the source from ({}) to ({}); only ADD COLUMN is carried over. \
+         Apply the same change to the target table, then run `switchyard teardown` and `switchyard run` to copy afresh",
+        old.id,
+        before.join(", "),
+        after.join(", ")
+    )
+}
+
+async fn read_loop<S: Source>(mut source: S, batches: mpsc::Sender<ChangeBatch>) -> anyhow::Result<()> {
+    while let Some(batch) = source.next_batch().await? {
+        if batches.send(batch).await.is_err() {
+            // The applier stopped; keep serving acknowledgements until it closes them.
+            while source.next_batch().await?.is_some() {}
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Periodic log lines about streaming progress.
+#[derive(Default)]
+struct Report {
+    changes: u64,
+    transactions: u64,
+    last: Option<Instant>,
+}
+
+impl Report {
+    fn applied(&mut self, changes: usize, position: &Position, commit_micros: i64) {
+        self.changes += changes as u64;
+        self.transactions += 1;
+        let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            let now_micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0);
+            let lag_ms = (now_micros - commit_micros).max(0) / 1000;
+            tracing::info!(changes = self.changes, batches = self.transactions, position = %position, lag_ms, "applied");
+            self.last = Some(Instant::now());
+        }
+    }
+
+    fn partial(&mut self, changes: usize) {
+        self.changes += changes as u64;
+    }
+}

@@ -1,0 +1,76 @@
+use crate::support::*;
+
+/// `check` reports every problem of a broken setup at once, with the fix, and exits non-zero.
+#[test]
+fn check_reports_every_problem_at_once() {
+    let pair = Pair::start();
+    pair.source.psql("app", "CREATE TABLE nokey (a int, b regclass); CREATE TABLE users (id int PRIMARY KEY, email text, extra text);");
+    pair.target.psql("app", "CREATE TABLE users (id int PRIMARY KEY, email int, mandatory text NOT NULL);");
+    let pipeline = pair.pipeline(
+        "broken",
+        r#"tables = ["public.users", "public.nokey", "public.missing"]
+[target]
+type = "postgres"
+url = "TARGET_URL"
+[[transform]]
+type = "drop_column"
+tables = ["public.users"]
+column = "extra"
+"#,
+    );
+    let (status, text) = switchyard(&["check"], &pipeline);
+    assert!(!status.success(), "{text}");
+    for expected in [
+        "table public.nokey has no primary key",
+        "column b",
+        "type regclass cannot be carried",
+        "table public.missing does not exist",
+        "target table public.users column email",
+        "is integer but the source gives text",
+        "column mandatory",
+        "NOT NULL without a default",
+        "drop_column extra has no inverse",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+
+    // Config-level problems, including an unset variable, all in one report, nothing contacted.
+    let path = pair.dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        "[pipeline]\nname = \"typo\"\n[source]\ntype = \"postgres\"\nurl = \"${SWITCHYARD_TEST_UNSET}\"\ntabels = []\ntables = [\"a\"]\n[target]\ntype = \"postgres\"\nurl = \"x\"\nchekpoint_schema = \"s\"\n",
+    )
+    .unwrap();
+    let (status, text) = switchyard(&["check"], &path);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("source.tabels: unknown key; did you mean \"tables\"?"), "{text}");
+    assert!(text.contains("target.chekpoint_schema: unknown key; did you mean \"checkpoint_schema\"?"), "{text}");
+    assert!(text.contains("source.url: ${SWITCHYARD_TEST_UNSET} is not set"), "{text}");
+}
+
+/// A source without logical decoding is named with its fix.
+#[test]
+fn check_names_wal_level_and_missing_privileges() {
+    let source = PgCluster::start_with(switchyard_testkit::PgOptions {
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
+    });
+    source.create_database("app");
+    source.psql("app", "CREATE TABLE t (id int PRIMARY KEY); CREATE ROLE app LOGIN; GRANT SELECT ON t TO app;");
+    let target = PgCluster::start();
+    target.create_database("app");
+    target.psql("app", "CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    let source_url = source.url("app").replace("postgres@", "app@");
+    std::fs::write(
+        &path,
+        format!("[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"{source_url}\"\ntables = [\"t\"]\n[target]\ntype = \"postgres\"\nurl = \"{}\"\n", target.url("app")),
+    )
+    .unwrap();
+    let (status, text) = switchyard(&["check"], &path);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("wal_level: is replica; set wal_level = logical"), "{text}");
+    assert!(text.contains("lacks REPLICATION; run ALTER ROLE app REPLICATION"), "{text}");
+    assert!(text.contains("is owned by postgres"), "{text}");
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: real PostgreSQL clusters started by the testkit, the real `switchyard`
+//! binary run as a child process (so it can be killed with SIGKILL like in production).
+
+mod support;
+
+mod config_errors;
+mod crash_recovery;
+mod security;
+mod streaming;
+mod types;

@@ -1,0 +1,233 @@
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use switchyard_testkit::PgCluster;
+
+pub const TENANT: &str = "00000000-0000-0000-0000-000000000001";
+
+/// A source and a target cluster, each with an `app` database.
+pub struct Pair {
+    pub source: PgCluster,
+    pub target: PgCluster,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pair {
+    pub fn start() -> Pair {
+        let source = PgCluster::start();
+        let target = PgCluster::start();
+        source.create_database("app");
+        target.create_database("app");
+        Pair { source, target, dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Writes a pipeline file whose source/target URLs point at this pair.
+    pub fn pipeline(&self, name: &str, body: &str) -> PathBuf {
+        let text = format!(
+            "[pipeline]\nname = \"{name}\"\n\n[source]\ntype = \"postgres\"\nurl = \"{}\"\n{}\n",
+            self.source.url("app"),
+            body.replace("TARGET_URL", &self.target.url("app"))
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Waits until everything committed on the source so far is applied on the target.
+    pub fn wait_caught_up(&self, slot: &str, process: &mut Switchyard) {
+        wait_caught_up(&self.source, &self.target, slot, process);
+    }
+}
+
+/// Waits until the pipeline streams (its copy is done) and its slot has confirmed everything
+/// committed on the source so far.
+pub fn wait_caught_up(source: &PgCluster, target: &PgCluster, slot: &str, process: &mut Switchyard) {
+    // The insert position: with synchronous_commit off, commits may not be written yet.
+    let goal = source.psql("app", "SELECT pg_current_wal_insert_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pipeline = slot.trim_start_matches("switchyard_");
+    loop {
+        let reached = source.psql(
+            "app",
+            &format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        );
+        if reached == "t" {
+            let phase = target.try_psql("app", &format!("SELECT phase FROM switchyard.pipelines WHERE name = '{pipeline}'"));
+            if phase.as_deref() == Ok("streaming") {
+                return;
+            }
+        }
+        process.assert_running();
+        assert!(Instant::now() < deadline, "not caught up with {goal} in 120 s; log:\n{}", process.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `switchyard` process with its output captured to a file.
+pub struct Switchyard {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+impl Switchyard {
+    pub fn spawn(args: &[&str], pipeline: &Path) -> Switchyard {
+        let log = pipeline.with_extension(format!("{}.log", rand_suffix()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary())
+            .args(args)
+            .arg(pipeline)
+            .env("SWITCHYARD_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Switchyard { child: Some(child), log }
+    }
+
+    pub fn run(pipeline: &Path) -> Switchyard {
+        Switchyard::spawn(&["run"], pipeline)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("switchyard exited with {status}; log:\n{}", self.log());
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "switchyard did not stop on SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.take().unwrap().wait().unwrap();
+        (status, self.log())
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs a `switchyard` command to completion.
+pub fn switchyard(args: &[&str], pipeline: &Path) -> (std::process::ExitStatus, String) {
+    let output = Command::new(binary()).args(args).arg(pipeline).stdin(Stdio::null()).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
+}
+
+/// The seed's single-tenant schema on the source and the multi-tenant one on the target.
+pub fn seed_schemas(pair: &Pair) {
+    pair.source.psql("app", switchyard::demo::SOURCE_SCHEMA);
+    pair.target.psql("app", &switchyard::demo::target_schema());
+}
+
+pub const TENANTIZE: &str = r#"tables = ["public.users", "public.orders"]
+
+[target]
+type = "postgres"
+url = "TARGET_URL"
+
+[[transform]]
+type = "attach_column"
+column = "tenant_id"
+value = "00000000-0000-0000-0000-000000000001"
+
+[snapshot]
+chunk_rows = 5000
+parallel = 2
+"#;
+
+pub fn load_rows(pair: &Pair, users: u64, orders_per_user: u64) {
+    pair.source.psql(
+        "app",
+        &format!(
+            "INSERT INTO users (email, name) SELECT 'user' || g || '@example.com', 'User ' || g FROM generate_series(1, {users}) g;
+             INSERT INTO orders (user_id, amount, status) SELECT 1 + (g % {users}), (g % 1000) / 7.0, 'new' FROM generate_series(1, {}) g;",
+            users * orders_per_user
+        ),
+    );
+}
+
+/// The source's rows and the target's rows of this tenant, as text, in key order.
+pub fn assert_tenantized_equal(pair: &Pair) {
+    for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
+        let rows = |cluster: &PgCluster, filter: &str| {
+            cluster.psql("app", &format!("SELECT t::text FROM (SELECT {columns} FROM {table} {filter}) t ORDER BY id"))
+        };
+        let source = rows(&pair.source, "");
+        let target = rows(&pair.target, &format!("WHERE tenant_id = '{TENANT}'"));
+        assert_same_rows(table, &source, &target);
+    }
+}
+
+/// Compares two row listings, naming the first differing rows (shortened) when they differ.
+pub fn assert_same_rows(what: &str, source: &str, target: &str) {
+    if source == target {
+        return;
+    }
+    let short = |line: &str| line.chars().take(160).collect::<String>();
+    let a: std::collections::BTreeSet<&str> = source.lines().collect();
+    let b: std::collections::BTreeSet<&str> = target.lines().collect();
+    let missing: Vec<String> = a.difference(&b).take(5).map(|l| short(l)).collect();
+    let extra: Vec<String> = b.difference(&a).take(5).map(|l| short(l)).collect();
+    panic!(
+        "{what} differs: source has {} rows, target {}; only on the source: {missing:#?}; only on the target: {extra:#?}",
+        source.lines().count(),
+        target.lines().count()
+    );
+}
+
+/// The seed's mixed write load on the source until finished.
+pub struct Writer(switchyard_testkit::SqlLoad);
+
+impl Writer {
+    pub fn start(cluster: &PgCluster, seed: u64) -> Writer {
+        Writer(switchyard_testkit::SqlLoad::start(cluster, "app", move |n| switchyard_testkit::seed_statement(seed, n)))
+    }
+
+    /// Stops writing; returns how many statements were sent.
+    pub fn finish(self) -> u64 {
+        self.0.finish()
+    }
+}
