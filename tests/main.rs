@@ -5,6 +5,8 @@ mod support;
 
 mod config_errors;
 mod crash_recovery;
+mod large;
+mod schema_changes;
 mod security;
 mod streaming;
 mod types;

@@ -93,6 +93,10 @@ impl Switchyard {
         Switchyard::spawn(&["run"], pipeline)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -39,6 +39,7 @@ impl Transform for AttachColumn {
             type_name: CONSTANT_TYPE.to_string(),
             type_oid: 0,
             nullable: false,
+            default: None,
             origin: Origin::Constant(Value::text(self.value.clone())),
         });
         shape.key.push(shape.columns.len() - 1);

@@ -37,6 +37,7 @@ pub struct ShapedColumn {
     pub type_name: String,
     pub type_oid: u32,
     pub nullable: bool,
+    pub default: Option<String>,
     pub origin: Origin,
 }
 

@@ -126,6 +126,7 @@ fn compile(transforms: &[Box<dyn Transform>], source: &Arc<TableSchema>) -> Resu
                 type_name: c.type_name.clone(),
                 type_oid: c.type_oid,
                 nullable: c.nullable,
+                default: c.default.clone(),
                 origin: Origin::Source(i),
             })
             .collect(),
@@ -161,7 +162,7 @@ fn compile(transforms: &[Box<dyn Transform>], source: &Arc<TableSchema>) -> Resu
         columns: shape
             .columns
             .iter()
-            .map(|c| Column { name: c.name.clone(), type_name: c.type_name.clone(), type_oid: c.type_oid, nullable: c.nullable })
+            .map(|c| Column { name: c.name.clone(), type_name: c.type_name.clone(), type_oid: c.type_oid, nullable: c.nullable, default: c.default.clone() })
             .collect(),
         key: shape.key.clone(),
     });
@@ -183,7 +184,7 @@ mod tests {
     use crate::transform::{filter::Test, AttachColumn, DropColumn, Filter, RenameColumn, RenameTable, TableSet};
 
     fn users() -> Arc<TableSchema> {
-        let column = |name: &str| Column { name: name.into(), type_name: "text".into(), type_oid: 25, nullable: true };
+        let column = |name: &str| Column { name: name.into(), type_name: "text".into(), type_oid: 25, nullable: true, default: None };
         Arc::new(TableSchema {
             id: TableId::new("public", "users"),
             columns: vec![column("id"), column("email"), column("secret"), column("region")],

@@ -61,6 +61,9 @@ pub struct Column {
     /// The engine's type identifier (PostgreSQL: the type OID); 0 where the engine has none.
     pub type_oid: u32,
     pub nullable: bool,
+    /// The column's default as DDL in its engine's dialect, if it has one: a column that appears
+    /// mid-stream is added to the target with it, so existing rows get the same value.
+    pub default: Option<String>,
 }
 
 /// The shape of one table as a change carries it: columns in order and which of them identify a

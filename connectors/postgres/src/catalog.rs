@@ -44,8 +44,10 @@ pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<Table
     let replica_identity = row.get::<_, String>(1).chars().next().unwrap_or('d');
     let columns = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull, a.attgenerated <> ''
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull, a.attgenerated <> '',
+                    pg_get_expr(d.adbin, d.adrelid)
                FROM pg_attribute a
+               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''
               WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&oid],
@@ -61,7 +63,13 @@ pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<Table
             generated.push(name);
             continue;
         }
-        schema.columns.push(Column { name, type_name: column.get(1), type_oid: column.get(2), nullable: column.get(3) });
+        schema.columns.push(Column {
+            name,
+            type_name: column.get(1),
+            type_oid: column.get(2),
+            nullable: column.get(3),
+            default: column.get(5),
+        });
     }
     // The identity pgoutput will send: the replica identity index, else the primary key.
     let key_rows = client
@@ -95,6 +103,22 @@ pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<Table
         owner: row.get(3),
         estimated_rows: row.get(2),
     }))
+}
+
+/// A column's default expression, e.g. for a column that appeared mid-stream.
+pub async fn column_default(client: &Client, table: &TableId, column: &str) -> Result<Option<String>, ConnectorError> {
+    let row = client
+        .query_opt(
+            "SELECT pg_get_expr(d.adbin, d.adrelid)
+               FROM pg_attrdef d
+               JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+               JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = $3 AND a.attgenerated = ''",
+            &[&table.schema, &table.name, &column],
+        )
+        .await
+        .context(|| format!("cannot read the default of {table}.{column}"))?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 /// The DDL spelling of a type, e.g. for a column that appeared mid-stream.

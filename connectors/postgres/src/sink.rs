@@ -218,8 +218,11 @@ impl PgSink {
             if target.schema.column_index(&column.name).is_some() {
                 continue;
             }
+            // The source's own default expression (DDL from its catalog, not a value): rows that
+            // existed before the column get the same value on both sides.
+            let default = column.default.as_ref().map(|d| format!(" DEFAULT {d}")).unwrap_or_default();
             let sql = format!(
-                "ALTER TABLE {} ADD COLUMN {} {}",
+                "ALTER TABLE {} ADD COLUMN {} {}{default}",
                 quote_table(&new.id),
                 quote_ident(&column.name),
                 column.type_name

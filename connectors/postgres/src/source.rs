@@ -192,6 +192,7 @@ impl PgSource {
                     type_name: catalog::format_type(&self.catalog, column.type_oid, column.type_modifier).await?,
                     type_oid: column.type_oid,
                     nullable: true,
+                    default: catalog::column_default(&self.catalog, &id, &column.name).await?,
                 },
             };
             if column.is_key {
