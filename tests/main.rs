@@ -4,6 +4,7 @@
 mod support;
 
 mod config_errors;
+mod consistency;
 mod crash_recovery;
 mod large;
 mod schema_changes;
