@@ -24,7 +24,7 @@ build:
 	cargo build --workspace --all-targets
 
 ## test: unit tests and end-to-end tests against private PostgreSQL clusters.
-test: deps
+test: deps lint
 	cargo test --workspace --no-fail-fast -- --test-threads $(TEST_THREADS)
 
 ## demo: two throwaway clusters, 100k users + 1M orders, a live write load, the tenantize pipeline.

@@ -13,6 +13,7 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let pipeline = pair.pipeline("tenantize", TENANTIZE);
     let writer = Writer::start(&pair.source, 7);
     let mut state = 0x2545F4914F6CDD1Du64;
+    let mut logs = Vec::new();
     for point in 0..20 {
         let process = Switchyard::run(&pipeline);
         state ^= state << 13;
@@ -21,8 +22,13 @@ fn survives_kill_9_at_twenty_points_under_load() {
         // Early points land in the snapshot, later ones while streaming.
         let millis = 150 + (state % 1200) + point * 40;
         std::thread::sleep(Duration::from_millis(millis));
+        logs.push(process.log());
         process.kill9();
     }
+    // The kill points must have hit both phases, or this test proves less than it claims.
+    let resumed_copies = logs.iter().filter(|l| l.contains("resuming the snapshot")).count();
+    let streaming = logs.iter().filter(|l| l.contains("following the change stream")).count();
+    assert!(resumed_copies >= 1 && streaming >= 1, "kill points: {resumed_copies} resumed a copy, {streaming} streamed");
     let written = writer.finish();
     assert!(written > 100, "the writer wrote only {written} statements");
     let mut process = Switchyard::run(&pipeline);
@@ -30,4 +36,30 @@ fn survives_kill_9_at_twenty_points_under_load() {
     assert_tenantized_equal(&pair);
     let chunks = pair.target.psql("app", "SELECT count(*) FILTER (WHERE copied_at IS NULL), count(*) FROM switchyard.snapshot_chunks");
     assert!(chunks.starts_with("0|"), "snapshot chunks not all done: {chunks}");
+}
+
+/// Connections dropped under the pipeline's feet — the walsender, the target session, the
+/// snapshot readers — are reconnected and resumed from the checkpoint without losing or
+/// duplicating a change, and without the process exiting.
+#[test]
+fn survives_dropped_connections_under_load() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 5_000, 10);
+    let pipeline = pair.pipeline("tenantize", TENANTIZE);
+    let writer = Writer::start(&pair.source, 11);
+    let mut process = Switchyard::run(&pipeline);
+    for round in 0..8 {
+        std::thread::sleep(Duration::from_millis(400 + round * 150));
+        let cluster = if round % 2 == 0 { &pair.source } else { &pair.target };
+        cluster.psql(
+            "app",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'switchyard' AND pid <> pg_backend_pid()",
+        );
+        process.assert_running();
+    }
+    writer.finish();
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    assert!(process.log().contains("transient error; resuming from the checkpoint"), "no connection was dropped:\n{}", process.log());
 }

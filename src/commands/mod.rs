@@ -41,12 +41,58 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     });
     let endpoints = registry::endpoints(&file)?;
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
-    let result = crate::runtime::run(&file, shutdown).await;
-    if let Err(error) = &result {
-        record_error(&file, &format!("{error:#}")).await;
+    let mut backoff = Backoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        let result = crate::runtime::run(&file, shutdown.clone()).await;
+        let Err(error) = result else { return Ok(ExitCode::SUCCESS) };
+        let message = format!("{error:#}");
+        record_error(&file, &message).await;
+        if !is_transient(&error) || *shutdown.borrow() {
+            return Err(error);
+        }
+        // Everything resumes from the checkpoint, so a retry is always exact.
+        let delay = backoff.next(started.elapsed());
+        tracing::warn!(error = %message, retry_in_ms = delay.as_millis() as u64, "transient error; resuming from the checkpoint");
+        let mut waiting = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = waiting.wait_for(|stop| *stop) => return Ok(ExitCode::SUCCESS),
+        }
     }
-    result?;
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an error is worth retrying: a connector said so, or a connection broke.
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    for cause in error.chain() {
+        if let Some(connector) = cause.downcast_ref::<switchyard_core::ConnectorError>() {
+            return connector.is_transient();
+        }
+        if let Some(postgres) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return postgres.is_closed() || postgres.code().is_none_or(|c| matches!(&c.code()[..2], "08" | "57"));
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits of 0.5 s doubling to 30 s; a run that lasted a minute starts the sequence again.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, ran_for: std::time::Duration) -> std::time::Duration {
+        if ran_for > std::time::Duration::from_secs(60) {
+            self.attempt = 0;
+        }
+        let delay = std::time::Duration::from_millis(500 * 2u64.pow(self.attempt.min(6))).min(std::time::Duration::from_secs(30));
+        self.attempt += 1;
+        delay
+    }
 }
 
 async fn wait_for_signal() {

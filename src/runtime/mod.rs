@@ -18,7 +18,6 @@ mod snapshot;
 mod stream;
 
 pub use snapshot::plan_chunks;
-pub use stream::FollowOptions;
 
 use std::sync::Arc;
 
@@ -36,6 +35,16 @@ pub type Shutdown = watch::Receiver<bool>;
 pub const PHASE_SNAPSHOT: &str = "snapshot";
 pub const PHASE_STREAMING: &str = "streaming";
 
+/// What every stage of a running pipeline needs to know.
+pub(crate) struct Pipeline<'a> {
+    pub file: &'a PipelineFile,
+    pub endpoints: Endpoints,
+    pub store: CheckpointStore,
+    /// The source tables as the catalog describes them, in configured order.
+    pub tables: Vec<Arc<TableSchema>>,
+    pub shutdown: Shutdown,
+}
+
 pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> {
     let endpoints = registry::endpoints(file)?;
     let source = endpoints.source.connect().await?;
@@ -47,11 +56,11 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> 
     for table in &tables {
         shaper.plan(table).with_context(|| format!("cannot plan table {}", table.id))?;
     }
+    let pipeline = Pipeline { file, endpoints, store, tables, shutdown };
+    let store = &pipeline.store;
     let record = match store.load(&target).await? {
-        None => snapshot::initial(file, &endpoints, &source, &mut target, &store, &tables, &mut shaper, shutdown.clone()).await?,
-        Some(record) if record.phase == PHASE_SNAPSHOT => {
-            snapshot::resume(file, &endpoints, &target, &store, &tables, &mut shaper, record, shutdown.clone()).await?
-        }
+        None => snapshot::initial(&pipeline, &source, &mut target, &mut shaper).await?,
+        Some(record) if record.phase == PHASE_SNAPSHOT => snapshot::resume(&pipeline, &target, &mut shaper, record).await?,
         Some(record) => record,
     };
     let chunks = store.chunks(&target).await?;
@@ -64,8 +73,7 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> 
     }
     let start = record.applied.clone().or(record.snapshot_position.clone()).context("the checkpoint has no position")?;
     let seam = seam::Seam::new(&chunks, &start);
-    let options = FollowOptions { max_batch_changes: file.apply.max_batch_changes };
-    stream::follow(file, &endpoints, source, target, store, tables, shaper, seam, start, options, shutdown).await
+    stream::follow(&pipeline, source, target, shaper, seam, start).await
 }
 
 /// Reads the configured tables from the source catalog; every missing table or key is an error.
@@ -107,6 +115,3 @@ pub(crate) fn record_for(file: &PipelineFile, at: &Position) -> PipelineRecord {
         last_error: None,
     }
 }
-
-pub(crate) type Store = CheckpointStore;
-pub(crate) type Ends = Endpoints;

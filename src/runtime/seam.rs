@@ -11,10 +11,17 @@ use switchyard_core::{Change, ConnectorError, Position, TableId, Value};
 
 use crate::registry::ChunkRecord;
 
+/// A chunk copied after the stream's start: its key range (`None`: the whole table) and the
+/// position of the snapshot it was copied at.
+#[derive(Debug)]
+struct LateChunk {
+    range: Option<(i64, i64)>,
+    copied_at: Position,
+}
+
 #[derive(Debug, Default)]
 pub struct Seam {
-    /// Per table: chunks copied after the stream's start, with the position they were copied at.
-    late_chunks: HashMap<TableId, Vec<(Option<(i64, i64)>, Position)>>,
+    late_chunks: HashMap<TableId, Vec<LateChunk>>,
     /// The stream is past the seam once a transaction begins at or after this.
     ends_at: Option<Position>,
 }
@@ -27,7 +34,7 @@ impl Seam {
             if copied_at <= stream_start {
                 continue;
             }
-            seam.late_chunks.entry(chunk.table.clone()).or_default().push((chunk.range, copied_at.clone()));
+            seam.late_chunks.entry(chunk.table.clone()).or_default().push(LateChunk { range: chunk.range, copied_at: copied_at.clone() });
             if seam.ends_at.as_ref().is_none_or(|end| copied_at > end) {
                 seam.ends_at = Some(copied_at.clone());
             }
@@ -44,7 +51,7 @@ impl Seam {
     fn already_copied(&self, table: &TableId, key: &[Value], begins_at: &Position) -> bool {
         let Some(chunks) = self.late_chunks.get(table) else { return false };
         let first_key = key.first().and_then(Value::as_str).and_then(|k| k.parse::<i64>().ok());
-        chunks.iter().any(|(range, copied_at)| {
+        chunks.iter().any(|LateChunk { range, copied_at }| {
             let holds_key = match (range, first_key) {
                 (None, _) => true,
                 (Some((lo, hi)), Some(k)) => *lo <= k && k < *hi,
@@ -103,5 +110,63 @@ impl Seam {
             }
             Change::Schema { .. } => Some(change),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use switchyard_core::{Column, Lsn, TableSchema};
+
+    use super::*;
+
+    fn table() -> Arc<TableSchema> {
+        let column = |name: &str| Column { name: name.into(), type_name: "bigint".into(), type_oid: 20, nullable: false, default: None };
+        Arc::new(TableSchema { id: TableId::new("public", "t"), columns: vec![column("id"), column("v")], key: vec![0] })
+    }
+
+    fn at(lsn: u64) -> Position {
+        Position::Postgres(Lsn(lsn))
+    }
+
+    fn chunk(range: Option<(i64, i64)>, copied_at: Option<u64>) -> ChunkRecord {
+        ChunkRecord { table: TableId::new("public", "t"), chunk: 0, range, copied_at: copied_at.map(at), rows: 0 }
+    }
+
+    fn insert(id: i64) -> Change {
+        Change::Insert { table: table(), row: vec![Value::text(id.to_string()), Value::text("x")] }
+    }
+
+    /// Chunk [0,100) copied at the stream start 100, chunk [100,200) copied later at 500.
+    fn resumed() -> Seam {
+        Seam::new(&[chunk(Some((0, 100)), Some(100)), chunk(Some((100, 200)), Some(500))], &at(100))
+    }
+
+    #[test]
+    fn skips_what_a_later_copy_already_holds() {
+        let mut seam = resumed();
+        assert!(seam.filter(insert(5), &at(200)).unwrap().is_some(), "chunk copied at the start needs the stream");
+        assert!(seam.filter(insert(150), &at(200)).unwrap().is_none(), "the later copy holds this transaction");
+        assert!(seam.filter(insert(150), &at(500)).unwrap().is_some(), "a transaction at the later snapshot is new to it");
+        assert!(!seam.is_open(), "past the last late copy the seam is gone");
+        assert!(seam.filter(insert(150), &at(200)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_row_moving_across_the_seam_becomes_a_delete_or_an_insert() {
+        let mut seam = resumed();
+        let moved_out = Change::Update { table: table(), old_key: Some(vec![Value::text("5")]), row: vec![Value::text("150"), Value::text("x")] };
+        assert!(matches!(seam.filter(moved_out, &at(200)).unwrap(), Some(Change::Delete { key, .. }) if key == vec![Value::text("5")]));
+        let moved_in = Change::Update { table: table(), old_key: Some(vec![Value::text("150")]), row: vec![Value::text("5"), Value::text("x")] };
+        assert!(matches!(seam.filter(moved_in, &at(200)).unwrap(), Some(Change::Insert { .. })));
+        let with_toast = Change::Update { table: table(), old_key: Some(vec![Value::text("150")]), row: vec![Value::text("5"), Value::Unchanged] };
+        assert!(seam.filter(with_toast, &at(200)).is_err());
+    }
+
+    #[test]
+    fn a_first_run_has_no_seam() {
+        let seam = Seam::new(&[chunk(Some((0, 100)), Some(100)), chunk(None, Some(100))], &at(100));
+        assert!(!seam.is_open());
     }
 }

@@ -7,23 +7,19 @@ use anyhow::{bail, Context};
 use switchyard_core::{Position, TableId, TableSchema};
 
 use super::progress::CopyProgress;
-use super::{record_for, stopping, Ends, Shutdown, Store};
-use crate::config::PipelineFile;
-use crate::registry::{slot, BulkLoader, ChunkRecord, PipelineRecord, RowReader, SnapshotReader};
+use super::{record_for, stopping, Pipeline, Shutdown};
+use crate::registry::{slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Shaper, TablePlan};
 
 const INTEGER_TYPES: [u32; 3] = [20, 21, 23];
 
 pub(super) async fn initial(
-    file: &PipelineFile,
-    endpoints: &Ends,
+    pipeline: &Pipeline<'_>,
     source: &tokio_postgres::Client,
     target: &mut tokio_postgres::Client,
-    store: &Store,
-    tables: &[Arc<TableSchema>],
     shaper: &mut Shaper,
-    shutdown: Shutdown,
 ) -> anyhow::Result<PipelineRecord> {
+    let Pipeline { file, endpoints, store, tables, .. } = pipeline;
     let slot_name = file.slot_name();
     let ids: Vec<TableId> = tables.iter().map(|t| t.id.clone()).collect();
     slot::ensure_publication(source, &file.publication_name(), &ids).await?;
@@ -49,20 +45,17 @@ pub(super) async fn initial(
     drop(reader);
     let record = record_for(file, &at);
     store.create(target, &record, &chunks).await?;
-    copy(file, endpoints, store, tables, shaper, &exported.name, &at, chunks, &estimates, shutdown).await?;
+    copy(pipeline, shaper, &exported.name, &at, chunks, &estimates).await?;
     Ok(record)
 }
 
 pub(super) async fn resume(
-    file: &PipelineFile,
-    endpoints: &Ends,
+    pipeline: &Pipeline<'_>,
     target: &tokio_postgres::Client,
-    store: &Store,
-    tables: &[Arc<TableSchema>],
     shaper: &mut Shaper,
     record: PipelineRecord,
-    shutdown: Shutdown,
 ) -> anyhow::Result<PipelineRecord> {
+    let Pipeline { file, endpoints, store, .. } = pipeline;
     let chunks = store.chunks(target).await?;
     let remaining: Vec<ChunkRecord> = chunks.iter().filter(|c| c.copied_at.is_none()).cloned().collect();
     if remaining.is_empty() {
@@ -86,7 +79,7 @@ pub(super) async fn resume(
     for chunk in &remaining {
         *estimates.entry(chunk.table.clone()).or_insert(0) += file.snapshot.chunk_rows as i64;
     }
-    copy(file, endpoints, store, tables, shaper, &exported.name, &at, remaining, &estimates, shutdown).await?;
+    copy(pipeline, shaper, &exported.name, &at, remaining, &estimates).await?;
     Ok(record)
 }
 
@@ -130,19 +123,15 @@ pub async fn plan_chunks(
     Ok(chunks)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn copy(
-    file: &PipelineFile,
-    endpoints: &Ends,
-    store: &Store,
-    tables: &[Arc<TableSchema>],
+    pipeline: &Pipeline<'_>,
     shaper: &mut Shaper,
     snapshot: &str,
     at: &Position,
     chunks: Vec<ChunkRecord>,
     estimates: &HashMap<TableId, i64>,
-    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let Pipeline { file, endpoints, store, tables, shutdown } = pipeline;
     let mut plans = HashMap::new();
     for table in tables {
         plans.insert(table.id.clone(), shaper.plan(table)?);
@@ -180,9 +169,9 @@ async fn copy(
 }
 
 struct CopyJob {
-    source: crate::registry::Endpoint,
-    target: crate::registry::Endpoint,
-    store: Store,
+    source: Endpoint,
+    target: Endpoint,
+    store: CheckpointStore,
     snapshot: String,
     at: Position,
     queue: Arc<Mutex<VecDeque<ChunkRecord>>>,

@@ -1,42 +1,37 @@
 //! Following the change stream: read, filter at the seam, transform, apply with the checkpoint,
 //! acknowledge.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use switchyard_core::{Change, ChangeBatch, Position, Sink, Source, TableSchema};
+use switchyard_core::{Change, ChangeBatch, Position, Sink, Source};
 use tokio::sync::{mpsc, watch};
 
 use super::seam::Seam;
-use super::{Ends, Shutdown, Store};
-use crate::config::PipelineFile;
+use super::{Pipeline, Shutdown};
 use crate::registry::{PgSink, PgSource};
 use crate::transform::Shaper;
 
 #[derive(Clone, Debug)]
-pub struct FollowOptions {
+struct FollowOptions {
     pub max_batch_changes: usize,
 }
 
 /// Batches read ahead of the one being applied: decoding overlaps applying, memory stays bounded.
 const READ_AHEAD: usize = 4;
 
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn follow(
-    file: &PipelineFile,
-    endpoints: &Ends,
+    pipeline: &Pipeline<'_>,
     source_client: tokio_postgres::Client,
     target_client: tokio_postgres::Client,
-    store: Store,
-    tables: Vec<Arc<TableSchema>>,
     shaper: Shaper,
     seam: Seam,
     start: Position,
-    options: FollowOptions,
-    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let Pipeline { file, endpoints, store, tables, shutdown } = pipeline;
+    let options = FollowOptions { max_batch_changes: file.apply.max_batch_changes };
     let Position::Postgres(lsn) = start;
+    wait_for_slot_release(&source_client, &file.slot_name()).await?;
     let publication = file.publication_name();
     let stream = endpoints
         .source
@@ -45,10 +40,27 @@ pub(super) async fn follow(
         .start_logical(&file.slot_name(), lsn, &[("publication_names", publication.as_str())])
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
-    let source = PgSource::new(stream, acknowledgements, source_client, tables, lsn, options.max_batch_changes);
-    let sink = PgSink::new(target_client, store);
+    let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
+    let sink = PgSink::new(target_client, store.clone());
     tracing::info!(position = %start, "following the change stream");
-    apply_loop(source, sink, shaper, seam, acknowledge, options, shutdown).await
+    apply_loop(source, sink, shaper, seam, acknowledge, options, shutdown.clone()).await
+}
+
+/// A previous connection of ours (dropped, or killed with the process) may hold the slot for a
+/// moment until the server notices; another live run holds it for good.
+async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = crate::registry::slot::slot_state(source, slot_name).await?;
+        match state {
+            None => bail!("replication slot {slot_name} is gone; run `switchyard teardown --drop-checkpoint`, empty the target tables and run again"),
+            Some(state) if !state.active => return Ok(()),
+            Some(_) if Instant::now() >= deadline => {
+                bail!("replication slot {slot_name} is in use by another process: is another `switchyard run` of this pipeline running?")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Runs the source in its own task, so decoding overlaps applying, and applies in this one.
@@ -90,6 +102,8 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
         }
     }
     .await;
+    // The reader may be waiting to hand over a batch: closing both channels lets it finish.
+    drop(incoming);
     drop(acknowledge);
     let read = reader.await.context("the stream reader panicked")?;
     result?;

@@ -876,7 +876,7 @@ impl SqlLoad {
                     break;
                 }
                 sent += 1;
-                if sent % 20 == 0 {
+                if sent.is_multiple_of(20) {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
             }
