@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod reconcile;
 pub mod registry;
 pub mod runtime;
 pub mod transform;

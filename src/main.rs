@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 ///   switchyard check pipelines/tenantize.toml     # every problem at once, nothing written
 ///   switchyard run pipelines/tenantize.toml       # copy, then follow until Ctrl-C
 ///   switchyard status pipelines/tenantize.toml    # phase, copy state, lag, retained WAL
+///   switchyard verify pipelines/tenantize.toml    # checksums: is the target the source, transformed?
 ///   switchyard teardown pipelines/tenantize.toml  # drop slot and publication
 #[derive(Parser)]
 #[command(name = "switchyard", version, verbatim_doc_comment)]
@@ -51,6 +52,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prove the target equals the source as transformed: row counts, then checksums chunk by
+    /// chunk over primary-key ranges, rows only where checksums differ.
+    ///
+    /// Transform-aware: the source is compared as the pipeline shapes it (attached columns,
+    /// renamed and dropped columns, routed tables, filtered rows), and on a shared target only
+    /// this pipeline's rows (e.g. its tenant_id) are compared. Lag-aware: a chunk that differs is
+    /// compared again once the stream has passed the source read, and a row difference is only
+    /// reported if it shows the same way twice. Safe to run while `switchyard run` streams.
+    /// Exits 0 when equal, 1 when different, 2 on error.
+    Verify {
+        pipeline: PathBuf,
+        /// Only this table (source or target name); repeatable.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop the pipeline's replication slot and publication (refused while it runs).
     ///
     /// The slot holds WAL on the source for as long as it exists, so tear down pipelines you
@@ -84,6 +103,7 @@ fn main() -> ExitCode {
             Command::Check { pipeline } => switchyard::commands::check(&pipeline).await,
             Command::Run { pipeline } => switchyard::commands::run(&pipeline).await,
             Command::Status { pipeline, json } => switchyard::commands::status(&pipeline, json).await,
+            Command::Verify { pipeline, tables, json } => switchyard::commands::verify(&pipeline, tables, json).await,
             Command::Teardown { pipeline, drop_checkpoint } => switchyard::commands::teardown(&pipeline, drop_checkpoint).await,
             Command::Demo { users, load_seconds } => switchyard::demo::run(users, load_seconds).await,
         }

@@ -52,7 +52,11 @@ column = "extra"
 #[test]
 fn check_names_wal_level_and_missing_privileges() {
     let source = PgCluster::start_with(switchyard_testkit::PgOptions {
-        settings: vec![("wal_level".into(), "replica".into())],
+        settings: vec![
+            ("wal_level".into(), "replica".into()),
+            ("max_replication_slots".into(), "1".into()),
+            ("max_wal_senders".into(), "0".into()),
+        ],
         ..Default::default()
     });
     source.create_database("app");
@@ -73,4 +77,6 @@ fn check_names_wal_level_and_missing_privileges() {
     assert!(text.contains("wal_level: is replica; set wal_level = logical"), "{text}");
     assert!(text.contains("lacks REPLICATION; run ALTER ROLE app REPLICATION"), "{text}");
     assert!(text.contains("is owned by postgres"), "{text}");
+    assert!(text.contains("max_replication_slots: 0 of 1 slots are in use and this pipeline needs 2"), "{text}");
+    assert!(text.contains("max_wal_senders: no WAL sender is free"), "{text}");
 }

@@ -11,3 +11,4 @@ mod schema_changes;
 mod security;
 mod streaming;
 mod types;
+mod verify;

@@ -59,3 +59,28 @@ fn truncate_and_key_updates_apply() {
     let other = pair.target.psql("app", "SELECT count(*) FROM users WHERE tenant_id = '00000000-0000-0000-0000-000000000002'");
     assert_eq!(other, "1", "another tenant's row was removed");
 }
+
+/// teardown refuses while the pipeline runs; afterwards it drops the slot and publication, and
+/// with --drop-checkpoint the checkpoint schema; `run` then starts afresh.
+#[test]
+fn teardown_refuses_while_running_then_cleans_up() {
+    let pair = Pair::start();
+    for cluster in [&pair.source, &pair.target] {
+        cluster.psql("app", "CREATE TABLE t (id int PRIMARY KEY);");
+    }
+    let pipeline = pair.pipeline("gone", "tables = ['t']\n[target]\ntype = \"postgres\"\nurl = \"TARGET_URL\"\n");
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_gone", &mut process);
+    let (status, text) = switchyard(&["teardown"], &pipeline);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("is running (slot switchyard_gone is active)"), "{text}");
+    assert!(process.stop().success());
+    let (status, text) = switchyard(&["teardown", "--drop-checkpoint"], &pipeline);
+    assert!(status.success(), "{text}");
+    let leftovers = pair.source.psql(
+        "app",
+        "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+    );
+    assert_eq!(leftovers, "0");
+    assert_eq!(pair.target.psql("app", "SELECT count(*) FROM pg_namespace WHERE nspname = 'switchyard'"), "0");
+}

@@ -127,7 +127,7 @@ async fn check_source(
     if max_senders - senders < 1 {
         problems.push(Problem::new(
             "source: max_wal_senders",
-            format!("all {max_senders} WAL senders are in use; raise max_wal_senders and restart"),
+            format!("no WAL sender is free ({senders} in use of max_wal_senders = {max_senders}); raise max_wal_senders and restart"),
         ));
     }
     if let Some(state) = &our_slot {

@@ -95,6 +95,18 @@ impl Backoff {
     }
 }
 
+pub async fn verify(path: &Path, tables: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let file = load(path)?;
+    let options = crate::reconcile::VerifyOptions { tables, show_progress: !json };
+    let report = crate::reconcile::verify(&file, &options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        crate::reconcile::print_report(&report);
+    }
+    Ok(if report.equal() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");

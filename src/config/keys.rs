@@ -5,12 +5,13 @@ use toml::Value;
 
 use super::Problem;
 
-const TOP: &[&str] = &["pipeline", "source", "target", "transform", "snapshot", "apply"];
+const TOP: &[&str] = &["pipeline", "source", "target", "transform", "snapshot", "apply", "verify"];
 const PIPELINE: &[&str] = &["name"];
 const SOURCE: &[&str] = &["type", "url", "tables", "slot", "publication"];
 const TARGET: &[&str] = &["type", "url", "checkpoint_schema"];
 const SNAPSHOT: &[&str] = &["parallel", "chunk_rows"];
 const APPLY: &[&str] = &["max_batch_changes"];
+const VERIFY: &[&str] = &["chunk_rows", "show_differences", "settle_seconds"];
 
 fn transform_keys(kind: Option<&str>) -> &'static [&'static str] {
     match kind {
@@ -29,7 +30,7 @@ pub fn unknown_keys(document: &Value) -> Vec<Problem> {
     let mut problems = Vec::new();
     let Some(top) = document.as_table() else { return problems };
     check_table(top, TOP, "", &mut problems);
-    for (section, known) in [("pipeline", PIPELINE), ("source", SOURCE), ("target", TARGET), ("snapshot", SNAPSHOT), ("apply", APPLY)] {
+    for (section, known) in [("pipeline", PIPELINE), ("source", SOURCE), ("target", TARGET), ("snapshot", SNAPSHOT), ("apply", APPLY), ("verify", VERIFY)] {
         if let Some(table) = top.get(section).and_then(Value::as_table) {
             check_table(table, known, section, &mut problems);
         }

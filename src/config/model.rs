@@ -13,6 +13,8 @@ pub struct PipelineFile {
     pub snapshot: SnapshotSection,
     #[serde(default)]
     pub apply: ApplySection,
+    #[serde(default)]
+    pub verify: VerifySection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -122,6 +124,24 @@ pub struct ApplySection {
 impl Default for ApplySection {
     fn default() -> Self {
         ApplySection { max_batch_changes: 20_000 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySection {
+    /// Rows per checksum chunk (tables with an integer first key column).
+    pub chunk_rows: u64,
+    /// Differences listed per table before the rest are only counted.
+    pub show_differences: usize,
+    /// How long a differing chunk may wait for the stream to pass the source read before it is
+    /// compared again.
+    pub settle_seconds: u64,
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        VerifySection { chunk_rows: 20_000, show_differences: 10, settle_seconds: 30 }
     }
 }
 

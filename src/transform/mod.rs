@@ -8,7 +8,7 @@
 
 mod attach;
 mod drop;
-mod filter;
+pub mod filter;
 mod plan;
 mod rename;
 

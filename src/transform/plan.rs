@@ -88,6 +88,20 @@ impl Shaper {
 }
 
 impl TablePlan {
+    /// Per target column, where its value comes from.
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+
+    pub fn filters(&self) -> &[RowFilter] {
+        &self.filters
+    }
+
+    /// The constant columns and their values: on a shared target, they pick this pipeline's rows.
+    pub fn constants(&self) -> &[(String, Value)] {
+        &self.constants
+    }
+
     pub fn passes(&self, row: &[Value]) -> bool {
         self.filters.iter().all(|f| f.test.passes(&row[f.source_column]))
     }

@@ -3,6 +3,7 @@
 //! depends on no connector and on no engine code.
 
 mod change;
+pub mod digest;
 mod error;
 mod position;
 mod schema;

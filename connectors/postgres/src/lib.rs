@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod copy_text;
+pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod load;

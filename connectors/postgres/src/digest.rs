@@ -1,0 +1,186 @@
+//! Reconciliation reads: chunk digests computed inside PostgreSQL with exactly the canonical
+//! encoding of `switchyard_core::digest`, so only two numbers cross the wire per chunk, and the
+//! rows of a chunk when a difference must be pinned to keys and columns.
+//!
+//! Text forms depend on session settings (time zone, date and interval styles, float digits,
+//! bytea format); every digest session fixes them, so both sides print a value the same way.
+
+use switchyard_core::digest::ChunkDigest;
+use switchyard_core::{ConnectorError, Lsn, TableId, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use crate::endpoint::Endpoint;
+use crate::error::PgResultExt;
+use crate::ident::{quote_ident, quote_table};
+
+const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';
+                       SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0;";
+
+/// One output column of a row set.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Projection {
+    Column(String),
+    /// The same text in every row (an attached tenant id).
+    Constant(String),
+}
+
+/// A row condition, on a column's text form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Condition {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    IsNull(String),
+    IsNotNull(String),
+}
+
+/// The rows of one table to digest or read: which columns, which rows, in which key range.
+#[derive(Clone, Debug)]
+pub struct RowSet {
+    pub table: TableId,
+    pub columns: Vec<Projection>,
+    pub conditions: Vec<Condition>,
+    /// `[lo, hi)` over an integer column.
+    pub range: Option<(String, i64, i64)>,
+}
+
+pub struct PgDigest {
+    client: Client,
+}
+
+/// SQL text for a row set, with its parameters.
+struct Query {
+    columns: Vec<String>,
+    from_where: String,
+    params: Vec<Param>,
+}
+
+enum Param {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Query {
+    fn build(rows: &RowSet) -> Query {
+        let mut params = Vec::new();
+        let mut param = |p: Param| {
+            params.push(p);
+            format!("${}", params.len())
+        };
+        let columns = rows
+            .columns
+            .iter()
+            .map(|c| match c {
+                Projection::Column(name) => format!("({})::text", quote_ident(name)),
+                Projection::Constant(value) => format!("{}::text", param(Param::Text(value.clone()))),
+            })
+            .collect();
+        let mut clauses = Vec::new();
+        for condition in &rows.conditions {
+            clauses.push(match condition {
+                Condition::Equals(c, v) => format!("({})::text = {}", quote_ident(c), param(Param::Text(v.clone()))),
+                Condition::NotEquals(c, v) => format!("({})::text <> {}", quote_ident(c), param(Param::Text(v.clone()))),
+                Condition::In(c, vs) => format!("({})::text = ANY({}::text[])", quote_ident(c), param(Param::List(vs.clone()))),
+                Condition::NotIn(c, vs) => format!("NOT (({})::text = ANY({}::text[]))", quote_ident(c), param(Param::List(vs.clone()))),
+                Condition::IsNull(c) => format!("{} IS NULL", quote_ident(c)),
+                Condition::IsNotNull(c) => format!("{} IS NOT NULL", quote_ident(c)),
+            });
+        }
+        if let Some((column, lo, hi)) = &rows.range {
+            let lo = param(Param::Text(lo.to_string()));
+            let hi = param(Param::Text(hi.to_string()));
+            clauses.push(format!("{c} >= {lo}::text::bigint AND {c} < {hi}::text::bigint", c = quote_ident(column)));
+        }
+        let mut from_where = format!(" FROM {}", quote_table(&rows.table));
+        if !clauses.is_empty() {
+            from_where.push_str(" WHERE ");
+            from_where.push_str(&clauses.join(" AND "));
+        }
+        Query { columns, from_where, params }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| match p {
+                Param::Text(t) => t as &(dyn ToSql + Sync),
+                Param::List(l) => l as &(dyn ToSql + Sync),
+            })
+            .collect()
+    }
+
+    /// The canonical encoding of `core::digest`, hashed per row, summed.
+    fn digest_sql(&self) -> String {
+        let encoded: Vec<String> = self
+            .columns
+            .iter()
+            .map(|x| {
+                format!("CASE WHEN {x} IS NULL THEN '\\x00'::bytea ELSE '\\x01'::bytea || int4send(octet_length({x})) || textsend({x}) END")
+            })
+            .collect();
+        let row = if encoded.is_empty() { "''::bytea".to_string() } else { encoded.join(" || ") };
+        format!(
+            "SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0)::text, \
+                    pg_current_wal_insert_lsn()::text{}",
+            self.from_where
+        )
+    }
+}
+
+impl PgDigest {
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self, ConnectorError> {
+        let client = endpoint.connect().await?;
+        client.batch_execute(SESSION).await.context(|| "cannot set up a digest session".into())?;
+        Ok(PgDigest { client })
+    }
+
+    /// The digest of a row set, and the WAL insert position read in the same statement: every
+    /// transaction the digest saw committed before it.
+    pub async fn digest(&self, rows: &RowSet) -> Result<(ChunkDigest, Lsn), ConnectorError> {
+        let query = Query::build(rows);
+        let row = self
+            .client
+            .query_one(&query.digest_sql(), &query.params())
+            .await
+            .context(|| format!("cannot digest {}", rows.table))?;
+        let hash_sum: String = row.get(1);
+        let lsn: String = row.get(2);
+        Ok((
+            ChunkDigest {
+                rows: row.get::<_, i64>(0) as u64,
+                hash_sum: hash_sum.parse().map_err(|_| ConnectorError::bug(format!("digest sum {hash_sum:?}")))?,
+            },
+            lsn.parse().map_err(ConnectorError::bug)?,
+        ))
+    }
+
+    /// The rows of a row set, columns in its order.
+    pub async fn rows(&self, rows: &RowSet) -> Result<Vec<Vec<Value>>, ConnectorError> {
+        let query = Query::build(rows);
+        let sql = format!("SELECT {}{}", if query.columns.is_empty() { "1".into() } else { query.columns.join(", ") }, query.from_where);
+        let result = self.client.query(&sql, &query.params()).await.context(|| format!("cannot read rows of {}", rows.table))?;
+        Ok(result
+            .iter()
+            .map(|row| {
+                (0..query.columns.len())
+                    .map(|i| row.get::<_, Option<String>>(i).map(Value::text).unwrap_or(Value::Null))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The smallest and largest value of an integer column among a row set's rows.
+    pub async fn integer_bounds(&self, rows: &RowSet, column: &str) -> Result<Option<(i64, i64)>, ConnectorError> {
+        // Only the rows matter here: projected constants would be parameters nothing uses.
+        let query = Query::build(&RowSet { columns: Vec::new(), ..rows.clone() });
+        let sql = format!("SELECT min({c})::bigint, max({c})::bigint{}", query.from_where, c = quote_ident(column));
+        let row = self.client.query_one(&sql, &query.params()).await.context(|| format!("cannot find the key range of {}", rows.table))?;
+        Ok(row.get::<_, Option<i64>>(0).zip(row.get::<_, Option<i64>>(1)))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}

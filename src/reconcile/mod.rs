@@ -1,0 +1,212 @@
+//! Proving the target equals the source as transformed: chunk by chunk over key ranges, digests
+//! first, rows only where digests differ.
+//!
+//! ```text
+//!  plan chunks (key ranges over both sides) ─► digest source ║ digest target (concurrently)
+//!      equal ─► clean
+//!      differ ─► wait until the slot confirmed the source read's position ─► digest again
+//!          equal ─► clean (the difference was in flight)
+//!          differ ─► read the rows of both sides, twice (with a catch-up wait between), and
+//!                    report only differences seen both times the same way
+//! ```
+//!
+//! A chunk read while its rows change is therefore not a difference: the target is compared
+//! only once it holds at least everything the source read saw, and a row still changing between
+//! rounds does not repeat identically.
+
+mod report;
+mod rowsets;
+
+pub use report::{print_report, Difference, TableReport, VerifyReport};
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use switchyard_core::{Lsn, TableSchema, Value};
+use switchyard_postgres::digest::{PgDigest, RowSet};
+
+use crate::config::PipelineFile;
+use crate::registry::{self, slot};
+use crate::transform::{self, Shaper, TablePlan};
+
+/// Options of one verification pass.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Only tables whose source or target name matches.
+    pub tables: Vec<String>,
+    pub show_progress: bool,
+}
+
+/// One pass over every table of a pipeline.
+pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Result<VerifyReport> {
+    let endpoints = registry::endpoints(file)?;
+    let source = PgDigest::connect(&endpoints.source).await?;
+    let target = PgDigest::connect(&endpoints.target).await?;
+    let tables = crate::runtime::load_source_tables(source.client(), file).await?;
+    let mut shaper = Shaper::new(transform::from_config(&file.transforms));
+    let checker = Checker { file, source: &source, target: &target, slot: file.slot_name() };
+    let mut report = VerifyReport::default();
+    for table in &tables {
+        let plan = shaper.plan(table).with_context(|| format!("cannot plan {}", table.id))?;
+        let wanted = options.tables.is_empty()
+            || options.tables.iter().any(|t| *t == table.id.to_string() || *t == plan.target.id.to_string() || *t == table.id.name);
+        if wanted {
+            report.tables.push(checker.table(&plan, options.show_progress).await?);
+        }
+    }
+    Ok(report)
+}
+
+struct Checker<'a> {
+    file: &'a PipelineFile,
+    source: &'a PgDigest,
+    target: &'a PgDigest,
+    slot: String,
+}
+
+impl Checker<'_> {
+    async fn table(&self, plan: &TablePlan, show_progress: bool) -> anyhow::Result<TableReport> {
+        let started = Instant::now();
+        let sides = rowsets::Sides::new(plan);
+        let chunks = self.chunks(&sides).await?;
+        let progress = report::chunk_progress(&plan.target.id.to_string(), chunks.len() as u64, show_progress);
+        let mut table = TableReport::new(&plan.source.id, &plan.target.id);
+        for range in chunks {
+            let (source_rows, target_rows) = sides.chunk(range);
+            let outcome = self.chunk(plan, &source_rows, &target_rows).await?;
+            table.add(outcome, self.file.verify.show_differences);
+            progress.inc(1);
+        }
+        progress.finish_and_clear();
+        table.seconds = started.elapsed().as_secs_f64();
+        Ok(table)
+    }
+
+    /// Key ranges covering both sides' rows; one range for tables without an integer key.
+    async fn chunks(&self, sides: &rowsets::Sides) -> anyhow::Result<Vec<Option<(i64, i64)>>> {
+        let Some((source_column, target_column)) = sides.range_columns() else { return Ok(vec![None]) };
+        let (source, target) = tokio::join!(
+            self.source.integer_bounds(&sides.source, &source_column),
+            self.target.integer_bounds(&sides.target, &target_column)
+        );
+        let bounds = match (source?, target?) {
+            (Some(a), Some(b)) => (a.0.min(b.0), a.1.max(b.1)),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return Ok(vec![None]),
+        };
+        if bounds.1 == i64::MAX {
+            return Ok(vec![None]);
+        }
+        let width = self.file.verify.chunk_rows as i128;
+        let mut ranges = Vec::new();
+        let mut lo = bounds.0 as i128;
+        while lo <= bounds.1 as i128 {
+            let hi = (lo + width).min(bounds.1 as i128 + 1);
+            ranges.push(Some((lo as i64, hi as i64)));
+            lo = hi;
+        }
+        Ok(ranges)
+    }
+
+    async fn chunk(&self, plan: &TablePlan, source: &RowSet, target: &RowSet) -> anyhow::Result<ChunkOutcome> {
+        let (a, b) = tokio::join!(self.source.digest(source), self.target.digest(target));
+        let ((source_digest, read_at), (target_digest, _)) = (a?, b?);
+        if source_digest == target_digest {
+            return Ok(ChunkOutcome::clean(source_digest.rows, target_digest.rows));
+        }
+        // Maybe the target had not caught up with what the source read saw: wait, then again.
+        if !self.settle(read_at).await? {
+            return Ok(ChunkOutcome::unsettled(source_digest.rows, target_digest.rows));
+        }
+        let (a, b) = tokio::join!(self.source.digest(source), self.target.digest(target));
+        let ((source_digest, read_at), (target_digest, _)) = (a?, b?);
+        if source_digest == target_digest {
+            return Ok(ChunkOutcome::clean(source_digest.rows, target_digest.rows));
+        }
+        let first = self.differences(plan, source, target).await?;
+        if !self.settle(read_at).await? {
+            return Ok(ChunkOutcome::unsettled(source_digest.rows, target_digest.rows));
+        }
+        let second = self.differences(plan, source, target).await?;
+        let lasting: Vec<Difference> = first.into_iter().filter(|d| second.contains(d)).collect();
+        Ok(ChunkOutcome { source_rows: source_digest.rows, target_rows: target_digest.rows, differences: lasting, unsettled: false })
+    }
+
+    /// Waits (at most `verify.settle_seconds`) until the pipeline's slot has confirmed
+    /// `position`: then the target holds every transaction a source read at `position` saw.
+    /// False if it did not get there in time. Without a slot there is no stream to wait for.
+    async fn settle(&self, position: Lsn) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + Duration::from_secs(self.file.verify.settle_seconds);
+        loop {
+            let state = slot::slot_state(self.source.client(), &self.slot).await?;
+            let confirmed = state.and_then(|s| s.confirmed_flush);
+            if confirmed.is_none_or(|c| c >= position) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn differences(&self, plan: &TablePlan, source: &RowSet, target: &RowSet) -> anyhow::Result<Vec<Difference>> {
+        let (a, b) = tokio::join!(self.source.rows(source), self.target.rows(target));
+        Ok(compare_rows(&plan.target, a?, b?))
+    }
+}
+
+pub struct ChunkOutcome {
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub differences: Vec<Difference>,
+    /// The stream lagged too far behind the source read to compare this chunk.
+    pub unsettled: bool,
+}
+
+impl ChunkOutcome {
+    fn clean(source_rows: u64, target_rows: u64) -> Self {
+        ChunkOutcome { source_rows, target_rows, differences: Vec::new(), unsettled: false }
+    }
+
+    fn unsettled(source_rows: u64, target_rows: u64) -> Self {
+        ChunkOutcome { unsettled: true, ..Self::clean(source_rows, target_rows) }
+    }
+}
+
+/// Row-by-row differences between the transformed source rows and the target rows of a chunk.
+pub fn compare_rows(shape: &TableSchema, source: Vec<Vec<Value>>, target: Vec<Vec<Value>>) -> Vec<Difference> {
+    let key_of = |row: &Vec<Value>| -> Vec<Value> { shape.key.iter().map(|&i| row[i].clone()).collect() };
+    let show_key = |key: &[Value]| {
+        shape
+            .key
+            .iter()
+            .zip(key)
+            .map(|(&i, v)| format!("{}={}", shape.columns[i].name, v.as_str().unwrap_or("NULL")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut on_target: std::collections::HashMap<Vec<Value>, Vec<Value>> = target.into_iter().map(|r| (key_of(&r), r)).collect();
+    let mut differences = Vec::new();
+    for row in source {
+        let key = key_of(&row);
+        match on_target.remove(&key) {
+            None => differences.push(Difference::missing(show_key(&key))),
+            Some(other) if other != row => {
+                let columns = shape
+                    .columns
+                    .iter()
+                    .zip(row.iter().zip(&other))
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(c, _)| c.name.clone())
+                    .collect();
+                differences.push(Difference::changed(show_key(&key), columns));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut extra: Vec<_> = on_target.into_keys().map(|key| Difference::extra(show_key(&key))).collect();
+    extra.sort_by(|a, b| a.key.cmp(&b.key));
+    differences.extend(extra);
+    differences
+}

@@ -1,0 +1,139 @@
+//! What a verification pass found, for people (a table) and for scripts (JSON).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use switchyard_core::TableId;
+
+use super::ChunkOutcome;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// The row's key, as `column=value, ...`.
+    pub key: String,
+    /// `missing` (on the target), `extra` (only on the target) or `changed`.
+    pub kind: &'static str,
+    /// For `changed`: the columns whose values differ.
+    pub columns: Vec<String>,
+}
+
+impl Difference {
+    pub fn missing(key: String) -> Self {
+        Difference { key, kind: "missing", columns: Vec::new() }
+    }
+    pub fn extra(key: String) -> Self {
+        Difference { key, kind: "extra", columns: Vec::new() }
+    }
+    pub fn changed(key: String, columns: Vec<String>) -> Self {
+        Difference { key, kind: "changed", columns }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct TableReport {
+    pub source_table: String,
+    pub target_table: String,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub chunks: u64,
+    pub rows_differing: u64,
+    /// Chunks that could not be compared because the stream lagged more than
+    /// `verify.settle_seconds` behind the source read: not proven equal.
+    pub chunks_unsettled: u64,
+    pub seconds: f64,
+    /// The first differences (up to `verify.show_differences`).
+    pub differences: Vec<Difference>,
+}
+
+impl TableReport {
+    pub fn new(source: &TableId, target: &TableId) -> Self {
+        TableReport { source_table: source.to_string(), target_table: target.to_string(), ..Default::default() }
+    }
+
+    pub fn add(&mut self, chunk: ChunkOutcome, show: usize) {
+        self.chunks += 1;
+        self.source_rows += chunk.source_rows;
+        self.target_rows += chunk.target_rows;
+        self.rows_differing += chunk.differences.len() as u64;
+        self.chunks_unsettled += u64::from(chunk.unsettled);
+        let room = show.saturating_sub(self.differences.len());
+        self.differences.extend(chunk.differences.into_iter().take(room));
+    }
+
+    pub fn rows_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.source_rows.max(self.target_rows) as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub tables: Vec<TableReport>,
+}
+
+impl VerifyReport {
+    pub fn equal(&self) -> bool {
+        self.tables.iter().all(|t| t.rows_differing == 0 && t.chunks_unsettled == 0)
+    }
+}
+
+pub fn print_report(report: &VerifyReport) {
+    println!(
+        "{:<28} {:>11} {:>11} {:>7} {:>9} {:>8} {:>10}",
+        "table", "source rows", "target rows", "chunks", "differing", "seconds", "rows/s"
+    );
+    for table in &report.tables {
+        let name = if table.source_table == table.target_table {
+            table.source_table.clone()
+        } else {
+            format!("{} -> {}", table.source_table, table.target_table)
+        };
+        println!(
+            "{:<28} {:>11} {:>11} {:>7} {:>9} {:>8.2} {:>10.0}",
+            name,
+            table.source_rows,
+            table.target_rows,
+            table.chunks,
+            table.rows_differing,
+            table.seconds,
+            table.rows_per_second()
+        );
+    }
+    for table in report.tables.iter().filter(|t| t.rows_differing > 0) {
+        println!("\n{}: {} rows differ", table.target_table, table.rows_differing);
+        for difference in &table.differences {
+            match difference.kind {
+                "changed" => println!("  changed  {}  columns: {}", difference.key, difference.columns.join(", ")),
+                kind => println!("  {kind:<8} {}", difference.key),
+            }
+        }
+        let hidden = table.rows_differing - table.differences.len() as u64;
+        if hidden > 0 {
+            println!("  ... and {hidden} more");
+        }
+    }
+    for table in report.tables.iter().filter(|t| t.chunks_unsettled > 0) {
+        println!(
+            "\n{}: {} chunks not compared: the stream lagged more than verify.settle_seconds behind the source",
+            table.target_table, table.chunks_unsettled
+        );
+    }
+    let verdict = match (report.equal(), report.tables.iter().any(|t| t.rows_differing > 0)) {
+        (true, _) => "equal",
+        (false, true) => "DIFFERENT",
+        (false, false) => "NOT PROVEN (lagging)",
+    };
+    println!("\n{verdict}");
+}
+
+pub fn chunk_progress(table: &str, chunks: u64, show: bool) -> ProgressBar {
+    let target = if show && std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(chunks), target);
+    bar.set_style(ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} chunks  eta {eta}").expect("template").progress_chars("=> "));
+    bar.set_prefix(table.to_string());
+    bar
+}

@@ -1,0 +1,77 @@
+//! The two sides of a table as row sets: the source as the transforms shape it, and the target's
+//! rows that belong to this pipeline.
+
+use switchyard_postgres::digest::{Condition, Projection, RowSet};
+
+use crate::transform::filter::Test;
+use crate::transform::{Origin, TablePlan};
+
+const INTEGER_TYPES: [u32; 3] = [20, 21, 23];
+
+pub struct Sides {
+    pub source: RowSet,
+    pub target: RowSet,
+    range_columns: Option<(String, String)>,
+}
+
+impl Sides {
+    pub fn new(plan: &TablePlan) -> Sides {
+        let source_table = &plan.source;
+        let columns = plan
+            .origins()
+            .iter()
+            .map(|origin| match origin {
+                Origin::Source(i) => Projection::Column(source_table.columns[*i].name.clone()),
+                Origin::Constant(value) => Projection::Constant(value.as_str().unwrap_or_default().to_string()),
+            })
+            .collect();
+        let conditions = plan
+            .filters()
+            .iter()
+            .map(|filter| {
+                let column = source_table.columns[filter.source_column].name.clone();
+                match &filter.test {
+                    Test::Equals(v) => Condition::Equals(column, v.clone()),
+                    Test::NotEquals(v) => Condition::NotEquals(column, v.clone()),
+                    Test::In(vs) => Condition::In(column, vs.clone()),
+                    Test::NotIn(vs) => Condition::NotIn(column, vs.clone()),
+                    Test::IsNull => Condition::IsNull(column),
+                    Test::IsNotNull => Condition::IsNotNull(column),
+                }
+            })
+            .collect();
+        let source = RowSet { table: source_table.id.clone(), columns, conditions, range: None };
+        let target = RowSet {
+            table: plan.target.id.clone(),
+            columns: plan.target.columns.iter().map(|c| Projection::Column(c.name.clone())).collect(),
+            conditions: plan
+                .constants()
+                .iter()
+                .map(|(name, value)| Condition::Equals(name.clone(), value.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            range: None,
+        };
+        // Ranges run over the source's first key column, which the target has under its shaped name.
+        let first_key = source_table.key[0];
+        let range_columns = INTEGER_TYPES.contains(&source_table.columns[first_key].type_oid).then(|| {
+            let shaped = plan.origins().iter().position(|o| *o == Origin::Source(first_key));
+            shaped.map(|i| (source_table.columns[first_key].name.clone(), plan.target.columns[i].name.clone()))
+        });
+        Sides { source, target, range_columns: range_columns.flatten() }
+    }
+
+    pub fn range_columns(&self) -> Option<(String, String)> {
+        self.range_columns.clone()
+    }
+
+    /// Both sides limited to one key range (`None`: the whole table).
+    pub fn chunk(&self, range: Option<(i64, i64)>) -> (RowSet, RowSet) {
+        let mut source = self.source.clone();
+        let mut target = self.target.clone();
+        if let (Some((lo, hi)), Some((source_column, target_column))) = (range, &self.range_columns) {
+            source.range = Some((source_column.clone(), lo, hi));
+            target.range = Some((target_column.clone(), lo, hi));
+        }
+        (source, target)
+    }
+}
