@@ -69,6 +69,12 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Re-copy the differing rows from the source through the transforms (update, insert,
+        /// or delete where the source has no row), then check those tables again. Safe while
+        /// the pipeline streams: the stream pauses for the repair and never sets a repaired row
+        /// back to an older value.
+        #[arg(long)]
+        repair: bool,
     },
     /// Drop the pipeline's replication slot and publication (refused while it runs).
     ///
@@ -103,7 +109,9 @@ fn main() -> ExitCode {
             Command::Check { pipeline } => switchyard::commands::check(&pipeline).await,
             Command::Run { pipeline } => switchyard::commands::run(&pipeline).await,
             Command::Status { pipeline, json } => switchyard::commands::status(&pipeline, json).await,
-            Command::Verify { pipeline, tables, json } => switchyard::commands::verify(&pipeline, tables, json).await,
+            Command::Verify { pipeline, tables, json, repair } => {
+                switchyard::commands::verify(&pipeline, tables, json, repair).await
+            }
             Command::Teardown { pipeline, drop_checkpoint } => switchyard::commands::teardown(&pipeline, drop_checkpoint).await,
             Command::Demo { users, load_seconds } => switchyard::demo::run(users, load_seconds).await,
         }

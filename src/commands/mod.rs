@@ -95,16 +95,28 @@ impl Backoff {
     }
 }
 
-pub async fn verify(path: &Path, tables: Vec<String>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn verify(path: &Path, tables: Vec<String>, json: bool, repair: bool) -> anyhow::Result<ExitCode> {
     let file = load(path)?;
     let options = crate::reconcile::VerifyOptions { tables, show_progress: !json };
-    let report = crate::reconcile::verify(&file, &options).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        crate::reconcile::print_report(&report);
+    let mut report = crate::reconcile::verify(&file, &options).await?;
+    let mut recheck = None;
+    if repair && report.tables.iter().any(|t| !t.differing_keys.is_empty()) {
+        let repaired = crate::reconcile::repair(&file, &mut report).await?;
+        let tables: Vec<String> = report.tables.iter().filter(|t| t.rows_repaired > 0).map(|t| t.source_table.clone()).collect();
+        if !json {
+            crate::reconcile::print_report(&report);
+            println!("\nrepaired {repaired} rows; checking {} again", tables.join(", "));
+        }
+        recheck = Some(crate::reconcile::verify(&file, &crate::reconcile::VerifyOptions { tables, ..options }).await?);
     }
-    Ok(if report.equal() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let last = recheck.as_ref().unwrap_or(&report);
+    if json {
+        let output = serde_json::json!({ "tables": report.tables, "recheck": recheck.as_ref().map(|r| &r.tables), "equal": last.equal() });
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    } else {
+        crate::reconcile::print_report(last);
+    }
+    Ok(if last.equal() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 async fn wait_for_signal() {

@@ -14,8 +14,11 @@
 //! only once it holds at least everything the source read saw, and a row still changing between
 //! rounds does not repeat identically.
 
+mod repair;
 mod report;
 mod rowsets;
+
+pub use repair::repair;
 
 pub use report::{print_report, Difference, TableReport, VerifyReport};
 
@@ -191,7 +194,7 @@ pub fn compare_rows(shape: &TableSchema, source: Vec<Vec<Value>>, target: Vec<Ve
     for row in source {
         let key = key_of(&row);
         match on_target.remove(&key) {
-            None => differences.push(Difference::missing(show_key(&key))),
+            None => differences.push(Difference::missing(show_key(&key), key)),
             Some(other) if other != row => {
                 let columns = shape
                     .columns
@@ -200,12 +203,12 @@ pub fn compare_rows(shape: &TableSchema, source: Vec<Vec<Value>>, target: Vec<Ve
                     .filter(|(_, (a, b))| a != b)
                     .map(|(c, _)| c.name.clone())
                     .collect();
-                differences.push(Difference::changed(show_key(&key), columns));
+                differences.push(Difference::changed(show_key(&key), columns, key));
             }
             Some(_) => {}
         }
     }
-    let mut extra: Vec<_> = on_target.into_keys().map(|key| Difference::extra(show_key(&key))).collect();
+    let mut extra: Vec<_> = on_target.into_keys().map(|key| Difference::extra(show_key(&key), key)).collect();
     extra.sort_by(|a, b| a.key.cmp(&b.key));
     differences.extend(extra);
     differences

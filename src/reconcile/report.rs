@@ -16,17 +16,20 @@ pub struct Difference {
     pub kind: &'static str,
     /// For `changed`: the columns whose values differ.
     pub columns: Vec<String>,
+    /// The key's values on the target, for repair.
+    #[serde(skip)]
+    pub key_values: Vec<switchyard_core::Value>,
 }
 
 impl Difference {
-    pub fn missing(key: String) -> Self {
-        Difference { key, kind: "missing", columns: Vec::new() }
+    pub fn missing(key: String, key_values: Vec<switchyard_core::Value>) -> Self {
+        Difference { key, kind: "missing", columns: Vec::new(), key_values }
     }
-    pub fn extra(key: String) -> Self {
-        Difference { key, kind: "extra", columns: Vec::new() }
+    pub fn extra(key: String, key_values: Vec<switchyard_core::Value>) -> Self {
+        Difference { key, kind: "extra", columns: Vec::new(), key_values }
     }
-    pub fn changed(key: String, columns: Vec<String>) -> Self {
-        Difference { key, kind: "changed", columns }
+    pub fn changed(key: String, columns: Vec<String>, key_values: Vec<switchyard_core::Value>) -> Self {
+        Difference { key, kind: "changed", columns, key_values }
     }
 }
 
@@ -44,6 +47,11 @@ pub struct TableReport {
     pub seconds: f64,
     /// The first differences (up to `verify.show_differences`).
     pub differences: Vec<Difference>,
+    /// Every differing row's key on the target, for repair.
+    #[serde(skip)]
+    pub differing_keys: Vec<Vec<switchyard_core::Value>>,
+    /// Rows repaired by `--repair`.
+    pub rows_repaired: u64,
 }
 
 impl TableReport {
@@ -57,6 +65,7 @@ impl TableReport {
         self.target_rows += chunk.target_rows;
         self.rows_differing += chunk.differences.len() as u64;
         self.chunks_unsettled += u64::from(chunk.unsettled);
+        self.differing_keys.extend(chunk.differences.iter().map(|d| d.key_values.clone()));
         let room = show.saturating_sub(self.differences.len());
         self.differences.extend(chunk.differences.into_iter().take(room));
     }

@@ -22,7 +22,7 @@ pub use snapshot::plan_chunks;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use switchyard_core::{Position, TableId, TableSchema};
+use switchyard_core::{Position, TableId, TableSchema, Value};
 use tokio::sync::watch;
 
 use crate::config::PipelineFile;
@@ -72,8 +72,13 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> 
         store.set_phase(&target, PHASE_STREAMING).await?;
     }
     let start = record.applied.clone().or(record.snapshot_position.clone()).context("the checkpoint has no position")?;
-    let seam = seam::Seam::new(&chunks, &start);
-    stream::follow(&pipeline, source, target, shaper, seam, start).await
+    let mut seam = seam::Seam::new(&chunks, &start);
+    // Repairs first, then their version: a repair recorded in between only causes a retry.
+    for (table, key, at) in store.pending_repairs(&target).await? {
+        seam.add_repair(table, key.into_iter().map(|k| k.map(Value::text).unwrap_or(Value::Null)).collect(), at);
+    }
+    let repairs_version = store.repairs_version(&target).await?;
+    stream::follow(&pipeline, source, target, shaper, seam, start, repairs_version).await
 }
 
 /// Reads the configured tables from the source catalog; every missing table or key is an error.

@@ -22,6 +22,9 @@ struct LateChunk {
 #[derive(Debug, Default)]
 pub struct Seam {
     late_chunks: HashMap<TableId, Vec<LateChunk>>,
+    /// Rows repaired on the target from a source read at a position: the stream's older changes
+    /// to them must not set them back.
+    repaired: HashMap<TableId, HashMap<Vec<Value>, Position>>,
     /// The stream is past the seam once a transaction begins at or after this.
     ends_at: Option<Position>,
 }
@@ -42,6 +45,17 @@ impl Seam {
         seam
     }
 
+    /// Adds rows repaired at `position` (source key values, in source key order).
+    pub fn add_repair(&mut self, table: TableId, key: Vec<Value>, position: Position) {
+        if self.ends_at.as_ref().is_none_or(|end| position > *end) {
+            self.ends_at = Some(position.clone());
+        }
+        let entry = self.repaired.entry(table).or_default().entry(key).or_insert(position.clone());
+        if position > *entry {
+            *entry = position;
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.ends_at.is_some()
     }
@@ -49,6 +63,10 @@ impl Seam {
     /// Whether the chunk holding `key` of `table` already contains a transaction beginning at
     /// `begins_at`.
     fn already_copied(&self, table: &TableId, key: &[Value], begins_at: &Position) -> bool {
+        let repaired = self.repaired.get(table).and_then(|keys| keys.get(key)).is_some_and(|at| begins_at < at);
+        if repaired {
+            return true;
+        }
         let Some(chunks) = self.late_chunks.get(table) else { return false };
         let first_key = key.first().and_then(Value::as_str).and_then(|k| k.parse::<i64>().ok());
         chunks.iter().any(|LateChunk { range, copied_at }| {
@@ -66,6 +84,7 @@ impl Seam {
         if let Some(end) = &self.ends_at {
             if begins_at >= end {
                 self.late_chunks.clear();
+                self.repaired.clear();
                 self.ends_at = None;
             }
         }
@@ -99,7 +118,8 @@ impl Seam {
                 }
             }
             Change::Truncate { ref tables, .. } => {
-                if let Some(table) = tables.iter().find(|t| self.late_chunks.contains_key(&t.id)) {
+                let late = |id: &TableId| self.late_chunks.contains_key(id) || self.repaired.contains_key(id);
+                if let Some(table) = tables.iter().find(|t| late(&t.id)) {
                     return Err(ConnectorError::unsupported(format!(
                         "TRUNCATE of {} reached a resumed snapshot before the stream passed it; \
                          run `switchyard teardown --drop-checkpoint` and `switchyard run` again to copy afresh",
@@ -162,6 +182,15 @@ mod tests {
         assert!(matches!(seam.filter(moved_in, &at(200)).unwrap(), Some(Change::Insert { .. })));
         let with_toast = Change::Update { table: table(), old_key: Some(vec![Value::text("150")]), row: vec![Value::text("5"), Value::Unchanged] };
         assert!(seam.filter(with_toast, &at(200)).is_err());
+    }
+
+    #[test]
+    fn repaired_rows_are_not_set_back_by_older_changes() {
+        let mut seam = Seam::new(&[], &at(100));
+        seam.add_repair(TableId::new("public", "t"), vec![Value::text("7")], at(300));
+        assert!(seam.filter(insert(7), &at(200)).unwrap().is_none(), "older than the repair");
+        assert!(seam.filter(insert(8), &at(200)).unwrap().is_some(), "another row");
+        assert!(seam.filter(insert(7), &at(300)).unwrap().is_some(), "newer than the repair read");
     }
 
     #[test]

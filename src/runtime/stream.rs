@@ -27,6 +27,7 @@ pub(super) async fn follow(
     shaper: Shaper,
     seam: Seam,
     start: Position,
+    repairs_version: i64,
 ) -> anyhow::Result<()> {
     let Pipeline { file, endpoints, store, tables, shutdown } = pipeline;
     let options = FollowOptions { max_batch_changes: file.apply.max_batch_changes };
@@ -41,7 +42,8 @@ pub(super) async fn follow(
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
     let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
-    let sink = PgSink::new(target_client, store.clone());
+    let mut sink = PgSink::new(target_client, store.clone());
+    sink.expect_repairs(repairs_version);
     tracing::info!(position = %start, "following the change stream");
     apply_loop(source, sink, shaper, seam, acknowledge, options, shutdown.clone()).await
 }

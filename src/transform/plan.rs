@@ -116,6 +116,17 @@ impl TablePlan {
             .collect()
     }
 
+    /// Source key values from target key values (the inverse of `key`).
+    pub fn source_key(&self, target_key: &[Value]) -> Vec<Value> {
+        let mut source = vec![Value::Null; self.source.key.len()];
+        for (origin, value) in self.key_origins.iter().zip(target_key) {
+            if let Origin::Source(position) = origin {
+                source[*position] = value.clone();
+            }
+        }
+        source
+    }
+
     /// Target key values from source key values.
     pub fn key(&self, source_key: &[Value]) -> Vec<Value> {
         self.key_origins

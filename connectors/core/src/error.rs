@@ -14,6 +14,9 @@ pub enum ErrorKind {
     Unsupported,
     /// Switchyard itself is wrong.
     Bug,
+    /// Something changed under the work in hand (e.g. rows were repaired while a batch was being
+    /// prepared): redo it from the checkpoint, at once.
+    Conflict,
 }
 
 /// An error from a connector: its kind and a message that names the object and the remedy.
@@ -55,8 +58,13 @@ impl ConnectorError {
         self.kind
     }
 
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    /// Whether redoing the work from the checkpoint is the answer.
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::Conflict)
     }
 
     pub fn message(&self) -> &str {

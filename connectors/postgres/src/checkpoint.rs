@@ -73,10 +73,20 @@ impl CheckpointStore {
                  range_hi bigint,
                  copied_at text,
                  rows bigint NOT NULL DEFAULT 0,
-                 PRIMARY KEY (pipeline, source_schema, source_table, chunk));",
+                 PRIMARY KEY (pipeline, source_schema, source_table, chunk));
+             ALTER TABLE {pipelines} ADD COLUMN IF NOT EXISTS repairs_version bigint NOT NULL DEFAULT 0;
+             CREATE TABLE IF NOT EXISTS {repairs} (
+                 pipeline text NOT NULL,
+                 source_schema text NOT NULL,
+                 source_table text NOT NULL,
+                 key text[] NOT NULL,
+                 position text NOT NULL,
+                 lsn pg_lsn NOT NULL,
+                 repaired_at timestamptz NOT NULL DEFAULT now());",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
+            repairs = self.table("repairs"),
         );
         client.batch_execute(&sql).await.context(|| {
             format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)
@@ -193,6 +203,7 @@ impl CheckpointStore {
     }
 
     /// Records the last applied source commit; called inside the transaction that applied it.
+    /// Repairs the stream has now passed are forgotten in the same statement.
     pub async fn advance(
         &self,
         client: &impl GenericClient,
@@ -200,11 +211,14 @@ impl CheckpointStore {
         commit_micros: i64,
     ) -> Result<(), ConnectorError> {
         let sql = format!(
-            "UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3",
+            "WITH passed AS (DELETE FROM {} WHERE pipeline = $3 AND lsn <= $4::text::pg_lsn)
+             UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3",
+            self.table("repairs"),
             self.table("pipelines")
         );
+        let Position::Postgres(lsn) = applied;
         let updated = client
-            .execute(&sql, &[&applied.encode(), &commit_micros, &self.pipeline])
+            .execute(&sql, &[&applied.encode(), &commit_micros, &self.pipeline, &lsn.to_string()])
             .await
             .context(|| "cannot advance the checkpoint".into())?;
         if updated != 1 {
@@ -214,6 +228,66 @@ impl CheckpointStore {
             )));
         }
         Ok(())
+    }
+
+    /// Locks this pipeline's row for the rest of the transaction: applying and repairing take
+    /// turns. Returns the repairs version (it grows with every recorded repair).
+    pub fn lock_sql(&self) -> String {
+        format!("SELECT repairs_version FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
+    }
+
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    pub async fn repairs_version(&self, client: &impl GenericClient) -> Result<i64, ConnectorError> {
+        let sql = format!("SELECT repairs_version FROM {} WHERE name = $1", self.table("pipelines"));
+        let row = client.query_opt(&sql, &[&self.pipeline]).await.context(|| "cannot read the repairs version".into())?;
+        Ok(row.map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    /// Records rows repaired at `position` (keys in source key order, as text); called inside the
+    /// repair's transaction, which holds the pipeline's lock.
+    pub async fn record_repairs(
+        &self,
+        client: &impl GenericClient,
+        repaired: &[(TableId, Vec<Option<String>>)],
+        position: &Position,
+    ) -> Result<(), ConnectorError> {
+        let Position::Postgres(lsn) = position;
+        let sql = format!(
+            "INSERT INTO {} (pipeline, source_schema, source_table, key, position, lsn) VALUES ($1, $2, $3, $4, $5, $6::text::pg_lsn)",
+            self.table("repairs")
+        );
+        for (table, key) in repaired {
+            client
+                .execute(&sql, &[&self.pipeline, &table.schema, &table.name, key, &position.encode(), &lsn.to_string()])
+                .await
+                .context(|| format!("cannot record a repair of {table}"))?;
+        }
+        let sql = format!("UPDATE {} SET repairs_version = repairs_version + 1 WHERE name = $1", self.table("pipelines"));
+        client.execute(&sql, &[&self.pipeline]).await.context(|| "cannot record the repairs".into())?;
+        Ok(())
+    }
+
+    /// Repairs the stream has not passed yet: (source table, key, repaired at).
+    pub async fn pending_repairs(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<(TableId, Vec<Option<String>>, Position)>, ConnectorError> {
+        let sql = format!(
+            "SELECT r.source_schema, r.source_table, r.key, r.position FROM {} r JOIN {} p ON p.name = r.pipeline
+              WHERE r.pipeline = $1 AND (p.applied_position IS NULL OR r.lsn > split_part(p.applied_position, ':', 2)::pg_lsn)",
+            self.table("repairs"),
+            self.table("pipelines")
+        );
+        let rows = client.query(&sql, &[&self.pipeline]).await.context(|| "cannot read pending repairs".into())?;
+        rows.iter()
+            .map(|row| {
+                let position = Position::decode(&row.get::<_, String>(3)).map_err(ConnectorError::definite)?;
+                Ok((TableId::new(row.get::<_, String>(0), row.get::<_, String>(1)), row.get(2), position))
+            })
+            .collect()
     }
 
     pub async fn set_phase(&self, client: &impl GenericClient, phase: &str) -> Result<(), ConnectorError> {

@@ -17,6 +17,10 @@ use crate::ident::{quote_ident, quote_table};
 const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';
                        SET extra_float_digits = 3; SET bytea_output = 'hex'; SET statement_timeout = 0;";
 
+/// The same settings as startup options, for connections that cannot run SET (the walsender).
+pub const SESSION_OPTIONS: &str =
+    "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex";
+
 /// One output column of a row set.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Projection {
@@ -180,7 +184,53 @@ impl PgDigest {
         Ok(row.get::<_, Option<i64>>(0).zip(row.get::<_, Option<i64>>(1)))
     }
 
+    /// A digest session inside a transaction at an exported snapshot.
+    pub async fn connect_at_snapshot(endpoint: &Endpoint, snapshot: &str) -> Result<Self, ConnectorError> {
+        let digest = PgDigest::connect(endpoint).await?;
+        digest
+            .client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .context(|| "cannot begin a snapshot transaction".into())?;
+        // SET TRANSACTION SNAPSHOT takes no parameters; the name is a literal the server gave us.
+        let sql = format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''"));
+        digest.client.batch_execute(&sql).await.context(|| format!("cannot import snapshot {snapshot}"))?;
+        Ok(digest)
+    }
+
+    /// The rows of `table` (its `columns`, in order) whose key columns hold one of `keys`.
+    pub async fn rows_by_keys(
+        &self,
+        table: &TableId,
+        columns: &[String],
+        key_columns: &[String],
+        keys: &[Vec<Option<String>>],
+    ) -> Result<Vec<Vec<Value>>, ConnectorError> {
+        rows_by_keys(&self.client, table, columns, key_columns, keys).await
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
+}
+
+/// The rows of `table` (its `columns`, in order, as text) whose key columns hold one of `keys`.
+pub async fn rows_by_keys(
+    client: &Client,
+    table: &TableId,
+    columns: &[String],
+    key_columns: &[String],
+    keys: &[Vec<Option<String>>],
+) -> Result<Vec<Vec<Value>>, ConnectorError> {
+    let select = columns.iter().map(|c| format!("({})::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let tuple = key_columns.iter().map(|c| format!("({})::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let arrays = (1..=key_columns.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {select} FROM {} WHERE ({tuple}) IN (SELECT * FROM unnest({arrays}))", quote_table(table));
+    let per_column: Vec<Vec<Option<String>>> = (0..key_columns.len()).map(|i| keys.iter().map(|k| k[i].clone()).collect()).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = per_column.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let result = client.query(&sql, &params).await.context(|| format!("cannot read rows of {table}"))?;
+    Ok(result
+        .iter()
+        .map(|row| (0..columns.len()).map(|i| row.get::<_, Option<String>>(i).map(Value::text).unwrap_or(Value::Null)).collect())
+        .collect())
 }

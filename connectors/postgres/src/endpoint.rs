@@ -59,8 +59,15 @@ impl Endpoint {
         tls::connect(&self.config, &self.tls).await.context(|| format!("cannot connect to {}", self.shown))
     }
 
+    /// A walsender connection. Its session prints values the way digest sessions do (UTC,
+    /// ISO dates, full float digits), so a key read from the stream equals the same key read by
+    /// verification or repair.
     pub async fn replication(&self) -> Result<ReplicationConnection, ConnectorError> {
-        ReplicationConnection::connect(&self.config, &self.tls).await
+        let mut config = self.config.clone();
+        let mut options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        options.push_str(crate::digest::SESSION_OPTIONS);
+        config.options(&options);
+        ReplicationConnection::connect(&config, &self.tls).await
     }
 }
 

@@ -29,6 +29,8 @@ pub struct PgSink {
     plans: HashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
     statements: HashMap<String, Statement>,
     in_transaction: bool,
+    /// The repairs version this sink's batches were filtered against (see `expect_repairs`).
+    repairs_version: Option<i64>,
 }
 
 /// How a shaped table's columns land in its target table.
@@ -51,6 +53,7 @@ impl PgSink {
             plans: HashMap::new(),
             statements: HashMap::new(),
             in_transaction: false,
+            repairs_version: None,
         }
     }
 
@@ -88,12 +91,57 @@ impl PgSink {
         Ok(statement)
     }
 
+    /// Batches are written only while the pipeline's repairs are still at `version`: a repair
+    /// recorded since then makes the next write fail with a conflict, so the runtime resumes
+    /// from the checkpoint knowing which rows it must not set back.
+    pub fn expect_repairs(&mut self, version: i64) {
+        self.repairs_version = Some(version);
+    }
+
+    /// Begins a target transaction holding the pipeline's lock (pipelined: one round trip).
+    /// Returns the repairs version.
+    pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
+        let lock = self.statement(self.store.lock_sql()).await?;
+        let pipeline = self.store.pipeline().to_string();
+        let params: [&(dyn ToSql + Sync); 1] = [&pipeline];
+        let (begun, locked) = tokio::join!(self.client.batch_execute("BEGIN"), self.client.query_opt(&lock, &params));
+        begun.context(|| "cannot begin a target transaction".into())?;
+        self.in_transaction = true;
+        let row = locked.context(|| "cannot lock the pipeline's checkpoint".into())?;
+        let Some(row) = row else {
+            self.rollback().await;
+            return Err(ConnectorError::definite(format!(
+                "the checkpoint row of pipeline {pipeline} is gone from the target; was it torn down while running?"
+            )));
+        };
+        Ok(row.get(0))
+    }
+
     async fn begin_if_needed(&mut self) -> Result<(), ConnectorError> {
-        if !self.in_transaction {
-            self.client.batch_execute("BEGIN").await.context(|| "cannot begin a target transaction".into())?;
-            self.in_transaction = true;
+        if self.in_transaction {
+            return Ok(());
+        }
+        let version = self.begin_locked().await?;
+        if self.repairs_version.is_some_and(|expected| expected != version) {
+            self.rollback().await;
+            return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
         }
         Ok(())
+    }
+
+    /// Applies changes inside a transaction opened with `begin_locked` (a repair).
+    pub async fn apply_in_transaction(&mut self, changes: &[Change]) -> Result<(), ConnectorError> {
+        self.apply(changes).await
+    }
+
+    pub async fn commit(&mut self) -> Result<(), ConnectorError> {
+        self.client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
+        self.in_transaction = false;
+        Ok(())
+    }
+
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
     }
 
     /// Applies changes inside the open transaction, a pipeline of set-based statements.
@@ -258,7 +306,7 @@ impl Sink for PgSink {
 }
 
 impl PgSink {
-    async fn rollback(&mut self) {
+    pub async fn rollback(&mut self) {
         if self.in_transaction {
             let _ = self.client.batch_execute("ROLLBACK").await;
             self.in_transaction = false;

@@ -34,7 +34,7 @@ fn hex_decode(line: &str) -> Vec<u8> {
         }
     }
     let bytes = line.as_bytes();
-    assert!(bytes.len() % 2 == 0, "odd number of hex digits");
+    assert!(bytes.len().is_multiple_of(2), "odd number of hex digits");
     bytes
         .chunks_exact(2)
         .map(|pair| nibble(pair[0]) << 4 | nibble(pair[1]))
