@@ -144,3 +144,58 @@ fn verify_under_load_reports_no_false_differences() {
     let (status, text) = switchyard(&["verify"], &pipeline);
     assert_eq!(status.code(), Some(0), "{text}");
 }
+
+/// Integrity on the target: an orphan per foreign key, a row without its tenant, a reference
+/// that crosses tenants, and a broken business rule are each counted and named by key.
+#[test]
+fn integrity_checks_count_and_name_violations() {
+    let pair = Pair::start();
+    pair.source.psql("app", switchyard::demo::SOURCE_SCHEMA);
+    // A target whose orders reference users by id alone, so a reference could cross tenants.
+    pair.target.psql(
+        "app",
+        &format!(
+            "CREATE TABLE users (tenant_id uuid NOT NULL, id bigint NOT NULL, email text NOT NULL, name text, created_at timestamptz NOT NULL,
+                                 PRIMARY KEY (tenant_id, id), UNIQUE (id));
+             CREATE TABLE orders (tenant_id uuid, id bigint NOT NULL, user_id bigint NOT NULL, amount numeric(12,2) NOT NULL, status text NOT NULL, note text,
+                                  UNIQUE (tenant_id, id), CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID);"
+        ),
+    );
+    pair.source.psql("app", "INSERT INTO users (email) SELECT 'u' || g FROM generate_series(1, 20) g; INSERT INTO orders (user_id, amount, status) SELECT g, g, 'new' FROM generate_series(1, 20) g;");
+    let pipeline = pair.pipeline(
+        "tenantize",
+        &format!("{TENANTIZE}\n[[verify.rules]]\ntable = \"public.orders\"\nname = \"positive amount\"\ncheck = \"amount > 0\"\n"),
+    );
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    let (status, text) = switchyard(&["verify"], &pipeline);
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("foreign key orders_user_fk") && text.contains("rule positive amount"), "{text}");
+
+    pair.target.psql(
+        "app",
+        &format!(
+            "SET session_replication_role = replica;
+             INSERT INTO users VALUES ('00000000-0000-0000-0000-000000000002', 500, 'x', NULL, now());
+             UPDATE orders SET user_id = 500 WHERE id = 3;        -- crosses to tenant two
+             UPDATE orders SET user_id = 9999 WHERE id = 4;       -- an orphan
+             UPDATE orders SET amount = -1 WHERE id = 5;          -- breaks the rule (and differs)
+             INSERT INTO orders VALUES (NULL, 77, 1, 1, 'new');   -- no tenant"
+        ),
+    );
+    let (status, text) = switchyard(&["verify", "--json"], &pipeline);
+    assert_eq!(status.code(), Some(1), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let finding = |check: &str| {
+        let all = report["integrity"].as_array().unwrap();
+        let on_orders = |f: &&serde_json::Value| f["check"] == check && f["table"] == "public.orders";
+        all.iter().find(on_orders).unwrap_or_else(|| panic!("no {check} in {all:#?}")).clone()
+    };
+    let tenant = "tenant_id=00000000-0000-0000-0000-000000000001";
+    assert_eq!(finding("foreign key orders_user_fk")["violations"], 1);
+    assert_eq!(finding("foreign key orders_user_fk")["examples"][0], format!("id=4, {tenant}"));
+    assert_eq!(finding("tenant isolation via orders_user_fk")["violations"], 1);
+    assert_eq!(finding("tenant isolation via orders_user_fk")["examples"][0], format!("id=3, {tenant}"));
+    assert_eq!(finding("rule positive amount")["violations"], 1);
+    assert_eq!(finding("every row has tenant_id")["violations"], 1);
+}

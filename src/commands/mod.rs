@@ -111,7 +111,12 @@ pub async fn verify(path: &Path, tables: Vec<String>, json: bool, repair: bool) 
     }
     let last = recheck.as_ref().unwrap_or(&report);
     if json {
-        let output = serde_json::json!({ "tables": report.tables, "recheck": recheck.as_ref().map(|r| &r.tables), "equal": last.equal() });
+        let output = serde_json::json!({
+            "tables": report.tables,
+            "integrity": report.integrity,
+            "recheck": recheck.as_ref(),
+            "equal": last.equal(),
+        });
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         crate::reconcile::print_report(last);

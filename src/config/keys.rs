@@ -11,7 +11,8 @@ const SOURCE: &[&str] = &["type", "url", "tables", "slot", "publication"];
 const TARGET: &[&str] = &["type", "url", "checkpoint_schema"];
 const SNAPSHOT: &[&str] = &["parallel", "chunk_rows"];
 const APPLY: &[&str] = &["max_batch_changes"];
-const VERIFY: &[&str] = &["chunk_rows", "show_differences", "settle_seconds"];
+const VERIFY: &[&str] = &["chunk_rows", "show_differences", "settle_seconds", "rules"];
+const RULE: &[&str] = &["table", "name", "check"];
 
 fn transform_keys(kind: Option<&str>) -> &'static [&'static str] {
     match kind {
@@ -33,6 +34,12 @@ pub fn unknown_keys(document: &Value) -> Vec<Problem> {
     for (section, known) in [("pipeline", PIPELINE), ("source", SOURCE), ("target", TARGET), ("snapshot", SNAPSHOT), ("apply", APPLY), ("verify", VERIFY)] {
         if let Some(table) = top.get(section).and_then(Value::as_table) {
             check_table(table, known, section, &mut problems);
+        }
+    }
+    let rules = top.get("verify").and_then(|v| v.get("rules")).and_then(Value::as_array);
+    for (index, rule) in rules.into_iter().flatten().enumerate() {
+        if let Some(table) = rule.as_table() {
+            check_table(table, RULE, &format!("verify.rules[{index}]"), &mut problems);
         }
     }
     if let Some(transforms) = top.get("transform").and_then(Value::as_array) {

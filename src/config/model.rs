@@ -137,11 +137,23 @@ pub struct VerifySection {
     /// How long a differing chunk may wait for the stream to pass the source read before it is
     /// compared again.
     pub settle_seconds: u64,
+    /// Business rules checked on the target: SQL predicates that every row must satisfy.
+    pub rules: Vec<RuleSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    /// The target table, e.g. "public.orders".
+    pub table: String,
+    pub name: String,
+    /// An SQL predicate over the table's columns, e.g. "amount >= 0".
+    pub check: String,
 }
 
 impl Default for VerifySection {
     fn default() -> Self {
-        VerifySection { chunk_rows: 20_000, show_differences: 10, settle_seconds: 30 }
+        VerifySection { chunk_rows: 20_000, show_differences: 10, settle_seconds: 30, rules: Vec::new() }
     }
 }
 

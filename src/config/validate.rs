@@ -49,6 +49,14 @@ pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     if file.verify.chunk_rows < 100 {
         problems.push(Problem::new("verify.chunk_rows", "must be at least 100"));
     }
+    for (index, rule) in file.verify.rules.iter().enumerate() {
+        if TableId::parse(&rule.table, "public").is_none() {
+            problems.push(Problem::new(format!("verify.rules[{index}].table"), format!("{:?} is not a table name", rule.table)));
+        }
+        if rule.check.trim().is_empty() {
+            problems.push(Problem::new(format!("verify.rules[{index}].check"), "is empty; write an SQL predicate, e.g. \"amount >= 0\""));
+        }
+    }
     if file.apply.max_batch_changes == 0 {
         problems.push(Problem::new("apply.max_batch_changes", "must be at least 1"));
     }

@@ -14,6 +14,7 @@
 //! only once it holds at least everything the source read saw, and a row still changing between
 //! rounds does not repeat identically.
 
+mod integrity;
 mod repair;
 mod report;
 mod rowsets;
@@ -49,14 +50,18 @@ pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Res
     let mut shaper = Shaper::new(transform::from_config(&file.transforms));
     let checker = Checker { file, source: &source, target: &target, slot: file.slot_name() };
     let mut report = VerifyReport::default();
+    let mut checked = Vec::new();
     for table in &tables {
         let plan = shaper.plan(table).with_context(|| format!("cannot plan {}", table.id))?;
         let wanted = options.tables.is_empty()
             || options.tables.iter().any(|t| *t == table.id.to_string() || *t == plan.target.id.to_string() || *t == table.id.name);
         if wanted {
             report.tables.push(checker.table(&plan, options.show_progress).await?);
+            checked.push(plan);
         }
     }
+    let plans: Vec<&TablePlan> = checked.iter().map(|p| p.as_ref()).collect();
+    report.integrity = integrity::check(file, target.client(), &plans).await?;
     Ok(report)
 }
 

@@ -82,11 +82,15 @@ impl TableReport {
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
     pub tables: Vec<TableReport>,
+    /// Foreign keys, tenant isolation and business rules on the target.
+    pub integrity: Vec<super::integrity::Finding>,
 }
 
 impl VerifyReport {
+    /// Equal to the source and every integrity check holds.
     pub fn equal(&self) -> bool {
         self.tables.iter().all(|t| t.rows_differing == 0 && t.chunks_unsettled == 0)
+            && self.integrity.iter().all(|f| f.violations == 0)
     }
 }
 
@@ -131,10 +135,21 @@ pub fn print_report(report: &VerifyReport) {
             table.target_table, table.chunks_unsettled
         );
     }
-    let verdict = match (report.equal(), report.tables.iter().any(|t| t.rows_differing > 0)) {
-        (true, _) => "equal",
-        (false, true) => "DIFFERENT",
-        (false, false) => "NOT PROVEN (lagging)",
+    if !report.integrity.is_empty() {
+        println!("\n{:<44} {:<24} {:>10}", "integrity check", "table", "violations");
+        for finding in &report.integrity {
+            println!("{:<44} {:<24} {:>10}", finding.check, finding.table, finding.violations);
+            for example in &finding.examples {
+                println!("    {example}");
+            }
+        }
+    }
+    let broken = report.integrity.iter().any(|f| f.violations > 0);
+    let verdict = match (report.equal(), report.tables.iter().any(|t| t.rows_differing > 0), broken) {
+        (true, _, _) => "equal",
+        (false, true, _) => "DIFFERENT",
+        (false, false, true) => "INTEGRITY VIOLATED",
+        (false, false, false) => "NOT PROVEN (lagging)",
     };
     println!("\n{verdict}");
 }

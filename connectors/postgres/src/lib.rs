@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod error;
 pub mod load;
 pub mod ident;
+pub mod integrity;
 pub mod pgoutput;
 pub mod sink;
 pub mod slot;
