@@ -154,12 +154,10 @@ fn integrity_checks_count_and_name_violations() {
     // A target whose orders reference users by id alone, so a reference could cross tenants.
     pair.target.psql(
         "app",
-        &format!(
-            "CREATE TABLE users (tenant_id uuid NOT NULL, id bigint NOT NULL, email text NOT NULL, name text, created_at timestamptz NOT NULL,
+        "CREATE TABLE users (tenant_id uuid NOT NULL, id bigint NOT NULL, email text NOT NULL, name text, created_at timestamptz NOT NULL,
                                  PRIMARY KEY (tenant_id, id), UNIQUE (id));
              CREATE TABLE orders (tenant_id uuid, id bigint NOT NULL, user_id bigint NOT NULL, amount numeric(12,2) NOT NULL, status text NOT NULL, note text,
-                                  UNIQUE (tenant_id, id), CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID);"
-        ),
+                                  UNIQUE (tenant_id, id), CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID);",
     );
     pair.source.psql("app", "INSERT INTO users (email) SELECT 'u' || g FROM generate_series(1, 20) g; INSERT INTO orders (user_id, amount, status) SELECT g, g, 'new' FROM generate_series(1, 20) g;");
     let pipeline = pair.pipeline(
@@ -174,14 +172,12 @@ fn integrity_checks_count_and_name_violations() {
 
     pair.target.psql(
         "app",
-        &format!(
-            "SET session_replication_role = replica;
+        "SET session_replication_role = replica;
              INSERT INTO users VALUES ('00000000-0000-0000-0000-000000000002', 500, 'x', NULL, now());
              UPDATE orders SET user_id = 500 WHERE id = 3;        -- crosses to tenant two
              UPDATE orders SET user_id = 9999 WHERE id = 4;       -- an orphan
              UPDATE orders SET amount = -1 WHERE id = 5;          -- breaks the rule (and differs)
-             INSERT INTO orders VALUES (NULL, 77, 1, 1, 'new');   -- no tenant"
-        ),
+             INSERT INTO orders VALUES (NULL, 77, 1, 1, 'new');   -- no tenant",
     );
     let (status, text) = switchyard(&["verify", "--json"], &pipeline);
     assert_eq!(status.code(), Some(1), "{text}");
