@@ -10,5 +10,6 @@ mod large;
 mod schema_changes;
 mod security;
 mod streaming;
+mod transforms;
 mod types;
 mod verify;
