@@ -7,7 +7,7 @@ PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -
 DEMO_USERS ?= 100000
 TEST_THREADS ?= 2
 
-.PHONY: deps build test demo lint clean
+.PHONY: deps deps-bench build test demo bench lint clean
 
 ## deps: install on a fresh Debian machine what the tests and the demo need.
 deps:
@@ -19,6 +19,16 @@ deps:
 	@id postgres >/dev/null 2>&1 || $(SUDO) useradd --system --home /var/lib/postgresql postgres
 	@command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 	@echo "deps ok: $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$(cargo --version)"
+
+## deps-bench: the peers the benchmark compares against (pgcopydb).
+deps-bench: deps
+	@command -v pgcopydb >/dev/null || $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgcopydb >/dev/null
+
+## bench: Switchyard vs pgcopydb, native logical replication, pg_dump and bare COPY (BENCH_SCALE=1).
+BENCH_SCALE ?= 1
+bench: deps-bench
+	cargo build --release -p switchyard -p switchyard-bench
+	./target/release/switchyard-bench --scale $(BENCH_SCALE)
 
 build:
 	cargo build --workspace --all-targets

@@ -1,0 +1,228 @@
+//! `make bench`: Switchyard against the tools people would pick instead, on the same clusters in
+//! one run. Prints one line per figure (`figure=... tool=... value=...`), a table with ratios,
+//! and writes the same as JSON under target/bench-reports/.
+//!
+//! Figures so far: the initial copy (Switchyard through the tenantize transform, pgcopydb clone,
+//! native logical replication's initial sync, pg_dump | pg_restore, and a bare COPY of the same
+//! rows as the limit), a full verification pass, and Switchyard's peak RSS while copying.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_testkit::PgCluster;
+
+struct Figure {
+    figure: &'static str,
+    tool: &'static str,
+    value: f64,
+    unit: &'static str,
+}
+
+fn main() {
+    let scale: u64 = std::env::args()
+        .skip_while(|a| a != "--scale")
+        .nth(1)
+        .map(|s| s.parse().expect("--scale takes a whole number"))
+        .unwrap_or(1);
+    let switchyard = release_binary();
+    let source = PgCluster::start();
+    let target = PgCluster::start_with(switchyard_testkit::PgOptions {
+        settings: vec![("max_sync_workers_per_subscription".into(), "4".into()), ("max_logical_replication_workers".into(), "8".into())],
+        ..Default::default()
+    });
+    source.create_database("app");
+    source.psql("app", switchyard::demo::SOURCE_SCHEMA);
+    let (users, orders) = (scale * 100_000, scale * 1_000_000);
+    eprintln!("loading {users} users and {orders} orders ...");
+    source.psql(
+        "app",
+        &format!(
+            "INSERT INTO users (email, name) SELECT 'user' || g || '@example.com', 'User ' || g FROM generate_series(1, {users}) g;
+             INSERT INTO orders (user_id, amount, status, note) SELECT 1 + (g % {users}), (g % 100000) / 100.0, 'new', 'order ' || g FROM generate_series(1, {orders}) g;
+             VACUUM ANALYZE;"
+        ),
+    );
+    let rows = (users + orders) as f64;
+    let megabytes: f64 = source
+        .psql("app", "SELECT (pg_total_relation_size('users') + pg_total_relation_size('orders')) / 1048576.0")
+        .parse()
+        .unwrap();
+    let mut figures = Vec::new();
+    let mut record = |figure, tool, seconds: f64| {
+        println!("figure={figure} tool={tool} seconds={seconds:.3} rows_per_s={:.0} mb_per_s={:.1}", rows / seconds, megabytes / seconds);
+        figures.push(Figure { figure, tool, value: rows / seconds, unit: "rows/s" });
+    };
+
+    // Switchyard: through the tenantize transform into the multi-tenant schema.
+    target.create_database("switchyard");
+    target.psql("switchyard", &switchyard::demo::target_schema());
+    let dir = tempdir();
+    let pipeline = dir.join("tenantize.toml");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/tenantize.toml"), &pipeline).unwrap();
+    let started = Instant::now();
+    let mut run = Command::new(&switchyard)
+        .args(["run"])
+        .arg(&pipeline)
+        .env("SOURCE_URL", source.url("app"))
+        .env("TARGET_URL", target.url("switchyard"))
+        .env("SWITCHYARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    let mut peak_rss = 0;
+    while target.try_psql("switchyard", "SELECT phase FROM switchyard.pipelines").as_deref() != Ok("streaming") {
+        peak_rss = peak_rss.max(rss_mib(pid));
+        assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    record("snapshot", "switchyard", started.elapsed().as_secs_f64());
+    peak_rss = peak_rss.max(rss_mib(pid));
+    println!("figure=peak_rss_snapshot tool=switchyard mib={peak_rss}");
+
+    // A full verification pass, while the pipeline runs (idle source).
+    let started = Instant::now();
+    let verify = Command::new(&switchyard)
+        .args(["verify", "--json"])
+        .arg(&pipeline)
+        .env("SOURCE_URL", source.url("app"))
+        .env("TARGET_URL", target.url("switchyard"))
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .unwrap();
+    let verify_seconds = started.elapsed().as_secs_f64();
+    assert!(verify.status.success(), "verify found differences: {}", String::from_utf8_lossy(&verify.stdout));
+    unsafe { kill(pid as i32, 15) };
+    run.wait().unwrap();
+    Command::new(&switchyard).args(["teardown"]).arg(&pipeline).env("SOURCE_URL", source.url("app")).env("TARGET_URL", target.url("switchyard")).output().unwrap();
+
+    // pgcopydb clone, with the same parallelism.
+    target.create_database("pgcopydb");
+    let work = dir.join("pgcopydb");
+    let started = Instant::now();
+    let status = Command::new("pgcopydb")
+        .args(["clone", "--table-jobs", "4", "--index-jobs", "4", "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
+        .arg(&work)
+        .args(["--source", &source.url("app"), "--target", &target.url("pgcopydb")])
+        .env("PATH", format!("{}:{}", source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => record("snapshot", "pgcopydb", started.elapsed().as_secs_f64()),
+        other => eprintln!("pgcopydb clone did not run ({other:?}); install it with `make deps-bench`"),
+    }
+
+    // Native logical replication's initial sync into the same single-tenant schema.
+    target.create_database("native");
+    target.psql("native", switchyard::demo::SOURCE_SCHEMA);
+    source.psql("app", "CREATE PUBLICATION bench_native FOR TABLE users, orders;");
+    let started = Instant::now();
+    target.psql(
+        "native",
+        &format!(
+            "CREATE SUBSCRIPTION bench_native CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres' PUBLICATION bench_native WITH (copy_data = true);",
+            source.port()
+        ),
+    );
+    while target.psql("native", "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    record("snapshot", "native", started.elapsed().as_secs_f64());
+    target.psql("native", "DROP SUBSCRIPTION bench_native;");
+
+    // pg_dump | pg_restore.
+    target.create_database("dump");
+    let started = Instant::now();
+    let shell = format!(
+        "{} -Fc -h {} -p {} -U postgres app | {} --no-owner -h {} -p {} -U postgres -d dump",
+        source.bin("pg_dump").display(),
+        source.socket_dir().display(),
+        source.port(),
+        source.bin("pg_restore").display(),
+        target.socket_dir().display(),
+        target.port()
+    );
+    assert!(Command::new("bash").args(["-c", &shell]).status().unwrap().success(), "pg_dump | pg_restore failed");
+    record("snapshot", "pg_dump", started.elapsed().as_secs_f64());
+
+    // The limit: a bare COPY of the same rows into the same indexed tables.
+    target.create_database("raw");
+    target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
+    let started = Instant::now();
+    for table in ["users", "orders"] {
+        let shell = format!(
+            "{psql} -X -h {} -p {} -U postgres -d app -c 'COPY {table} TO STDOUT' | {psql} -X -h {} -p {} -U postgres -d raw -c 'SET session_replication_role = replica' -c 'COPY {table} FROM STDIN'",
+            source.socket_dir().display(),
+            source.port(),
+            target.socket_dir().display(),
+            target.port(),
+            psql = source.bin("psql").display(),
+        );
+        assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
+    }
+    record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
+
+    // Verification: Switchyard's pass vs whole-table checksums computed in each database (what
+    // `pgcopydb compare data` does; Debian's pgcopydb 0.10 predates that command).
+    record("verify", "switchyard", verify_seconds);
+    let started = Instant::now();
+    let checksum = "SELECT count(*), sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint) FROM {} t";
+    let compare = |cluster: &PgCluster, db: &str| {
+        for table in ["users", "orders"] {
+            cluster.psql(db, &checksum.replace("{}", table));
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| compare(&source, "app"));
+        s.spawn(|| compare(&target, "native"));
+    });
+    record("verify", "table_checksums", started.elapsed().as_secs_f64());
+
+    figures.push(Figure { figure: "peak_rss", tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
+    report(&figures, scale);
+}
+
+fn report(figures: &[Figure], scale: u64) {
+    let value = |figure: &str, tool: &str| figures.iter().find(|f| f.figure == figure && f.tool == tool).map(|f| f.value);
+    println!("\n{:<10} {:<16} {:>14} {:>14}", "figure", "tool", "value", "switchyard ÷");
+    for f in figures {
+        let ours = value(f.figure, "switchyard").unwrap_or(f64::NAN);
+        let ratio = if f.tool == "switchyard" || f.unit == "MiB" { String::new() } else { format!("{:.2}×", ours / f.value) };
+        println!("{:<10} {:<16} {:>10.0} {:<4} {:>10}", f.figure, f.tool, f.value, f.unit, ratio);
+    }
+    let json: Vec<_> = figures
+        .iter()
+        .map(|f| serde_json::json!({ "figure": f.figure, "tool": f.tool, "value": f.value, "unit": f.unit }))
+        .collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-reports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("bench-s{scale}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({ "scale": scale, "figures": json })).unwrap()).unwrap();
+    println!("\nwritten to {}", path.display());
+}
+
+fn release_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard");
+    assert!(path.exists(), "build it first: cargo build --release (make bench does)");
+    path
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
