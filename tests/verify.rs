@@ -89,7 +89,9 @@ fn in_database_digest_equals_the_canonical_one() {
         "CREATE TABLE t (id int PRIMARY KEY, a text, b numeric, c float8, d timestamptz, e bytea, f jsonb, g int[], h interval, i bool);
          INSERT INTO t VALUES (1, 'ünï ✓', 'NaN', '-0', '2024-06-01 12:00+02', '\\x00ff', '{\"k\": [1, 2]}', '{1,NULL}', '1 day -02:00', true),
                               (2, '', 1e-30, 'Infinity', '-infinity', '\\x', 'null', '{}', '0', false),
-                              (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+                              (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+                              (4, E'a \"q\" \\\\ (p), c\t\n', NULL, NULL, NULL, NULL, '{\"a b\": \"(,)\"}', NULL, NULL, NULL),
+                              (5, 'NULL', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -100,6 +102,7 @@ fn in_database_digest_equals_the_canonical_one() {
             columns: columns.iter().map(|c| Projection::Column(c.to_string())).chain([Projection::Constant("k".into())]).collect(),
             conditions: vec![],
             range: None,
+            typed: vec![],
         };
         let (in_database, _) = digest.digest(&rows).await.unwrap();
         let mut here = switchyard_core::digest::ChunkDigest::default();
@@ -107,7 +110,7 @@ fn in_database_digest_equals_the_canonical_one() {
             here.add(&row);
         }
         assert_eq!(in_database, here);
-        assert_eq!(here.rows, 3);
+        assert_eq!(here.rows, 5);
     });
 }
 

@@ -153,7 +153,7 @@ pub struct RuleSection {
 
 impl Default for VerifySection {
     fn default() -> Self {
-        VerifySection { chunk_rows: 20_000, show_differences: 10, settle_seconds: 30, rules: Vec::new() }
+        VerifySection { chunk_rows: 100_000, show_differences: 10, settle_seconds: 30, rules: Vec::new() }
     }
 }
 

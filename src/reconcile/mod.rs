@@ -75,7 +75,10 @@ struct Checker<'a> {
 impl Checker<'_> {
     async fn table(&self, plan: &TablePlan, show_progress: bool) -> anyhow::Result<TableReport> {
         let started = Instant::now();
-        let sides = rowsets::Sides::new(plan);
+        let target_table = crate::registry::pg_catalog::load_table(self.target.client(), &plan.target.id)
+            .await?
+            .with_context(|| format!("target table {} does not exist", plan.target.id))?;
+        let sides = rowsets::Sides::new(plan).with_target_types(&target_table.schema);
         let chunks = self.chunks(&sides).await?;
         let progress = report::chunk_progress(&plan.target.id.to_string(), chunks.len() as u64, show_progress);
         let mut table = TableReport::new(&plan.source.id, &plan.target.id);

@@ -1,6 +1,7 @@
 //! The two sides of a table as row sets: the source as the transforms shape it, and the target's
 //! rows that belong to this pipeline.
 
+use switchyard_core::TableSchema;
 use switchyard_postgres::digest::{Condition, Projection, RowSet};
 
 use crate::transform::filter::Test;
@@ -40,7 +41,7 @@ impl Sides {
                 }
             })
             .collect();
-        let source = RowSet { table: source_table.id.clone(), columns, conditions, range: None };
+        let source = RowSet { table: source_table.id.clone(), columns, conditions, range: None, typed: Vec::new() };
         let target = RowSet {
             table: plan.target.id.clone(),
             columns: plan.target.columns.iter().map(|c| Projection::Column(c.name.clone())).collect(),
@@ -50,6 +51,7 @@ impl Sides {
                 .map(|(name, value)| Condition::Equals(name.clone(), value.as_str().unwrap_or_default().to_string()))
                 .collect(),
             range: None,
+            typed: Vec::new(),
         };
         // Ranges run over the source's first key column, which the target has under its shaped name.
         let first_key = source_table.key[0];
@@ -58,6 +60,21 @@ impl Sides {
             shaped.map(|i| (source_table.columns[first_key].name.clone(), plan.target.columns[i].name.clone()))
         });
         Sides { source, target, range_columns: range_columns.flatten() }
+    }
+
+    /// Compares the target's constant columns (the tenant) by their own types, so the target's
+    /// key index serves each chunk.
+    pub fn with_target_types(mut self, target: &TableSchema) -> Sides {
+        self.target.typed = self
+            .target
+            .conditions
+            .iter()
+            .filter_map(|condition| match condition {
+                Condition::Equals(name, _) => target.columns.iter().find(|c| &c.name == name).map(|c| (name.clone(), c.type_name.clone())),
+                _ => None,
+            })
+            .collect();
+        self
     }
 
     pub fn range_columns(&self) -> Option<(String, String)> {

@@ -48,6 +48,9 @@ pub struct RowSet {
     pub conditions: Vec<Condition>,
     /// `[lo, hi)` over an integer column.
     pub range: Option<(String, i64, i64)>,
+    /// Columns compared by their own type rather than by text in `Equals` conditions (so an
+    /// index on them can be used), with their SQL type names.
+    pub typed: Vec<(String, String)>,
 }
 
 pub struct PgDigest {
@@ -84,7 +87,11 @@ impl Query {
         let mut clauses = Vec::new();
         for condition in &rows.conditions {
             clauses.push(match condition {
-                Condition::Equals(c, v) => format!("({})::text = {}", quote_ident(c), param(Param::Text(v.clone()))),
+                Condition::Equals(c, v) => match rows.typed.iter().find(|(name, _)| name == c) {
+                    // The type name comes from the catalog (format_type), already quoted there.
+                    Some((_, type_name)) => format!("{} = {}::text::{type_name}", quote_ident(c), param(Param::Text(v.clone()))),
+                    None => format!("({})::text = {}", quote_ident(c), param(Param::Text(v.clone()))),
+                },
                 Condition::NotEquals(c, v) => format!("({})::text <> {}", quote_ident(c), param(Param::Text(v.clone()))),
                 Condition::In(c, vs) => format!("({})::text = ANY({}::text[])", quote_ident(c), param(Param::List(vs.clone()))),
                 Condition::NotIn(c, vs) => format!("NOT (({})::text = ANY({}::text[]))", quote_ident(c), param(Param::List(vs.clone()))),
@@ -115,19 +122,13 @@ impl Query {
             .collect()
     }
 
-    /// The canonical encoding of `core::digest`, hashed per row, summed.
+    /// The canonical encoding of `core::digest` (a record literal of the values' text), hashed
+    /// per row, summed.
     fn digest_sql(&self) -> String {
-        let encoded: Vec<String> = self
-            .columns
-            .iter()
-            .map(|x| {
-                format!("CASE WHEN {x} IS NULL THEN '\\x00'::bytea ELSE '\\x01'::bytea || int4send(octet_length({x})) || textsend({x}) END")
-            })
-            .collect();
-        let row = if encoded.is_empty() { "''::bytea".to_string() } else { encoded.join(" || ") };
         format!(
-            "SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, 16))::bit(64)::bigint), 0)::text, \
+            "SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({})::text), 1, 16))::bit(64)::bigint), 0)::text, \
                     pg_current_wal_insert_lsn()::text{}",
+            self.columns.join(", "),
             self.from_where
         )
     }
