@@ -198,3 +198,56 @@ fn integrity_checks_count_and_name_violations() {
     assert_eq!(finding("rule positive amount")["violations"], 1);
     assert_eq!(finding("every row has tenant_id")["violations"], 1);
 }
+
+/// Continuous verification inside `run`: while the source takes writes it reports no difference
+/// (`status` shows it after every pass); a fault injected on the target is found on its own.
+#[test]
+fn continuous_verification_finds_faults_without_false_alarms() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 2_000, 10);
+    let pipeline = pair.pipeline(
+        "tenantize",
+        &TENANTIZE.replace("[snapshot]", "[verify]\nchunk_rows = 5000\nfull_pass_minutes = 0\n\n[snapshot]"),
+    );
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    let verification = || {
+        let (_, text) = switchyard(&["status", "--json"], &pipeline);
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}"));
+        status["verification"].clone()
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool, process: &mut Switchyard| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let state = verification();
+            if done(&state) {
+                return state;
+            }
+            process.assert_running();
+            assert!(std::time::Instant::now() < deadline, "{what}: {state}\n{}", process.log());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait_for("a first full pass", &|v| v["full_passes"].as_i64().unwrap_or(0) >= 1, &mut process);
+
+    let load = switchyard_testkit::SqlLoad::start(&pair.source, "app", |n| {
+        format!("{} SELECT pg_sleep(0.004);", switchyard_testkit::seed_statement(13, n))
+    });
+    let passes_before = verification()["full_passes"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        let state = verification();
+        assert_eq!(state["rows_differing"], 0, "a false difference under load: {state}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    load.finish();
+    let state = wait_for("passes under load", &|v| v["full_passes"].as_i64().unwrap_or(0) >= passes_before + 2, &mut process);
+    assert_eq!(state["rows_differing"], 0, "{state}");
+
+    pair.target.psql("app", "SET session_replication_role = replica; UPDATE orders SET amount = amount + 1 WHERE id = 10;");
+    wait_for("the injected fault", &|v| v["rows_differing"].as_i64().unwrap_or(0) >= 1, &mut process);
+    let (_, text) = switchyard(&["status"], &pipeline);
+    assert!(text.contains("1 rows differ"), "{text}");
+    assert!(process.log().contains("verification found a difference"), "{}", process.log());
+}

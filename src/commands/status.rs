@@ -19,6 +19,7 @@ struct Status {
     slot_active: Option<bool>,
     slot_retained_wal_bytes: Option<i64>,
     tables: Vec<TableCopy>,
+    verification: Option<switchyard_postgres::checkpoint::VerificationRecord>,
     last_error: Option<String>,
 }
 
@@ -82,6 +83,7 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 }
             }
             status.tables = tables;
+            status.verification = store.load_verification(&target).await.ok().flatten();
         }
     }
     if json {
@@ -107,6 +109,25 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     for table in &status.tables {
         println!("copy       {:<30} {}/{} chunks, {} rows", table.table, table.chunks_done, table.chunks, table.rows_copied);
+    }
+    match &status.verification {
+        Some(v) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as i64;
+            let oldest = v
+                .oldest_unverified_micros
+                .map(|t| format!("{:.1} s", (now - t).max(0) as f64 / 1e6))
+                .unwrap_or_else(|| "none".into());
+            println!(
+                "verified   {}/{} chunks, {} rows differ, oldest unverified change {oldest}, {} full passes (updated {:.0} s ago)",
+                v.chunks_verified,
+                v.chunks,
+                v.rows_differing,
+                v.full_passes,
+                v.age_micros as f64 / 1e6
+            );
+        }
+        None if status.phase == "streaming" => println!("verified   first pass in progress"),
+        None => {}
     }
     if let Some(error) = &status.last_error {
         println!("last error {error}");

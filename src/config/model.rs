@@ -139,6 +139,12 @@ pub struct VerifySection {
     pub settle_seconds: u64,
     /// Business rules checked on the target: SQL predicates that every row must satisfy.
     pub rules: Vec<RuleSection>,
+    /// Verify continuously inside `switchyard run`: a first full pass, then the chunks changes
+    /// touched, and a slow full pass every `full_pass_minutes`.
+    pub continuous: bool,
+    /// Rows per second the continuous verifier may read from each side.
+    pub rows_per_second: u64,
+    pub full_pass_minutes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -153,7 +159,15 @@ pub struct RuleSection {
 
 impl Default for VerifySection {
     fn default() -> Self {
-        VerifySection { chunk_rows: 100_000, show_differences: 10, settle_seconds: 30, rules: Vec::new() }
+        VerifySection {
+            chunk_rows: 100_000,
+            show_differences: 10,
+            settle_seconds: 30,
+            rules: Vec::new(),
+            continuous: true,
+            rows_per_second: 200_000,
+            full_pass_minutes: 60,
+        }
     }
 }
 

@@ -6,14 +6,16 @@
 //!      equal ─► clean
 //!      differ ─► wait until the slot confirmed the source read's position ─► digest again
 //!          equal ─► clean (the difference was in flight)
-//!          differ ─► read the rows of both sides, twice (with a catch-up wait between), and
-//!                    report only differences seen both times the same way
+//!          differ ─► twice: read the source's rows, wait until the slot confirmed that read,
+//!                    read the target's; report only differences seen both times with the
+//!                    same values on each side
 //! ```
 //!
 //! A chunk read while its rows change is therefore not a difference: the target is compared
 //! only once it holds at least everything the source read saw, and a row still changing between
 //! rounds does not repeat identically.
 
+pub mod continuous;
 mod integrity;
 mod repair;
 mod report;
@@ -65,20 +67,25 @@ pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Res
     Ok(report)
 }
 
-struct Checker<'a> {
-    file: &'a PipelineFile,
-    source: &'a PgDigest,
-    target: &'a PgDigest,
-    slot: String,
+pub(crate) struct Checker<'a> {
+    pub file: &'a PipelineFile,
+    pub source: &'a PgDigest,
+    pub target: &'a PgDigest,
+    pub slot: String,
 }
 
 impl Checker<'_> {
-    async fn table(&self, plan: &TablePlan, show_progress: bool) -> anyhow::Result<TableReport> {
-        let started = Instant::now();
+    /// Both sides of a table, ready to be cut into chunks.
+    pub(crate) async fn sides(&self, plan: &TablePlan) -> anyhow::Result<rowsets::Sides> {
         let target_table = crate::registry::pg_catalog::load_table(self.target.client(), &plan.target.id)
             .await?
             .with_context(|| format!("target table {} does not exist", plan.target.id))?;
-        let sides = rowsets::Sides::new(plan).with_target_types(&target_table.schema);
+        Ok(rowsets::Sides::new(plan).with_target_types(&target_table.schema))
+    }
+
+    async fn table(&self, plan: &TablePlan, show_progress: bool) -> anyhow::Result<TableReport> {
+        let started = Instant::now();
+        let sides = self.sides(plan).await?;
         let chunks = self.chunks(&sides).await?;
         let progress = report::chunk_progress(&plan.target.id.to_string(), chunks.len() as u64, show_progress);
         let mut table = TableReport::new(&plan.source.id, &plan.target.id);
@@ -94,7 +101,7 @@ impl Checker<'_> {
     }
 
     /// Key ranges covering both sides' rows; one range for tables without an integer key.
-    async fn chunks(&self, sides: &rowsets::Sides) -> anyhow::Result<Vec<Option<(i64, i64)>>> {
+    pub(crate) async fn chunks(&self, sides: &rowsets::Sides) -> anyhow::Result<Vec<Option<(i64, i64)>>> {
         let Some((source_column, target_column)) = sides.range_columns() else { return Ok(vec![None]) };
         let (source, target) = tokio::join!(
             self.source.integer_bounds(&sides.source, &source_column),
@@ -110,16 +117,17 @@ impl Checker<'_> {
         }
         let width = self.file.verify.chunk_rows as i128;
         let mut ranges = Vec::new();
-        let mut lo = bounds.0 as i128;
+        // Chunks sit on a fixed grid of the key, so a changed key names its chunk without a query.
+        let mut lo = (bounds.0 as i128).div_euclid(width) * width;
         while lo <= bounds.1 as i128 {
-            let hi = (lo + width).min(bounds.1 as i128 + 1);
+            let hi = (lo + width).min(i64::MAX as i128);
             ranges.push(Some((lo as i64, hi as i64)));
             lo = hi;
         }
         Ok(ranges)
     }
 
-    async fn chunk(&self, plan: &TablePlan, source: &RowSet, target: &RowSet) -> anyhow::Result<ChunkOutcome> {
+    pub(crate) async fn chunk(&self, plan: &TablePlan, source: &RowSet, target: &RowSet) -> anyhow::Result<ChunkOutcome> {
         let (a, b) = tokio::join!(self.source.digest(source), self.target.digest(target));
         let ((source_digest, read_at), (target_digest, _)) = (a?, b?);
         if source_digest == target_digest {
@@ -130,15 +138,13 @@ impl Checker<'_> {
             return Ok(ChunkOutcome::unsettled(source_digest.rows, target_digest.rows));
         }
         let (a, b) = tokio::join!(self.source.digest(source), self.target.digest(target));
-        let ((source_digest, read_at), (target_digest, _)) = (a?, b?);
+        let ((source_digest, _), (target_digest, _)) = (a?, b?);
         if source_digest == target_digest {
             return Ok(ChunkOutcome::clean(source_digest.rows, target_digest.rows));
         }
-        let first = self.differences(plan, source, target).await?;
-        if !self.settle(read_at).await? {
+        let (Some(first), Some(second)) = (self.differences(plan, source, target).await?, self.differences(plan, source, target).await?) else {
             return Ok(ChunkOutcome::unsettled(source_digest.rows, target_digest.rows));
-        }
-        let second = self.differences(plan, source, target).await?;
+        };
         let lasting: Vec<Difference> = first.into_iter().filter(|d| second.contains(d)).collect();
         Ok(ChunkOutcome { source_rows: source_digest.rows, target_rows: target_digest.rows, differences: lasting, unsettled: false })
     }
@@ -161,9 +167,15 @@ impl Checker<'_> {
         }
     }
 
-    async fn differences(&self, plan: &TablePlan, source: &RowSet, target: &RowSet) -> anyhow::Result<Vec<Difference>> {
-        let (a, b) = tokio::join!(self.source.rows(source), self.target.rows(target));
-        Ok(compare_rows(&plan.target, a?, b?))
+    /// Row differences of a chunk: the source first, then the target once the stream has passed
+    /// that read, so the target holds at least what the source read saw.
+    async fn differences(&self, plan: &TablePlan, source: &RowSet, target: &RowSet) -> anyhow::Result<Option<Vec<Difference>>> {
+        let (source_rows, read_at) = self.source.rows_with_position(source).await?;
+        if !self.settle(read_at).await? {
+            return Ok(None);
+        }
+        let target_rows = self.target.rows(target).await?;
+        Ok(Some(compare_rows(&plan.target, source_rows, target_rows)))
     }
 }
 
@@ -199,10 +211,15 @@ pub fn compare_rows(shape: &TableSchema, source: Vec<Vec<Value>>, target: Vec<Ve
     };
     let mut on_target: std::collections::HashMap<Vec<Value>, Vec<Value>> = target.into_iter().map(|r| (key_of(&r), r)).collect();
     let mut differences = Vec::new();
+    let hash = |row: &Vec<Value>| Some(switchyard_core::digest::row_hash(row));
     for row in source {
         let key = key_of(&row);
         match on_target.remove(&key) {
-            None => differences.push(Difference::missing(show_key(&key), key)),
+            None => {
+                let mut difference = Difference::missing(show_key(&key), key);
+                difference.fingerprint = (hash(&row), None);
+                differences.push(difference);
+            }
             Some(other) if other != row => {
                 let columns = shape
                     .columns
@@ -211,12 +228,21 @@ pub fn compare_rows(shape: &TableSchema, source: Vec<Vec<Value>>, target: Vec<Ve
                     .filter(|(_, (a, b))| a != b)
                     .map(|(c, _)| c.name.clone())
                     .collect();
-                differences.push(Difference::changed(show_key(&key), columns, key));
+                let mut difference = Difference::changed(show_key(&key), columns, key);
+                difference.fingerprint = (hash(&row), hash(&other));
+                differences.push(difference);
             }
             Some(_) => {}
         }
     }
-    let mut extra: Vec<_> = on_target.into_keys().map(|key| Difference::extra(show_key(&key), key)).collect();
+    let mut extra: Vec<_> = on_target
+        .into_iter()
+        .map(|(key, row)| {
+            let mut difference = Difference::extra(show_key(&key), key);
+            difference.fingerprint = (None, hash(&row));
+            difference
+        })
+        .collect();
     extra.sort_by(|a, b| a.key.cmp(&b.key));
     differences.extend(extra);
     differences

@@ -19,17 +19,21 @@ pub struct Difference {
     /// The key's values on the target, for repair.
     #[serde(skip)]
     pub key_values: Vec<switchyard_core::Value>,
+    /// Hashes of the source and target rows: a difference is the same twice only if the same
+    /// values disagree, so a row still changing never looks like a lasting difference.
+    #[serde(skip)]
+    pub fingerprint: (Option<i64>, Option<i64>),
 }
 
 impl Difference {
     pub fn missing(key: String, key_values: Vec<switchyard_core::Value>) -> Self {
-        Difference { key, kind: "missing", columns: Vec::new(), key_values }
+        Difference { key, kind: "missing", columns: Vec::new(), key_values, fingerprint: (None, None) }
     }
     pub fn extra(key: String, key_values: Vec<switchyard_core::Value>) -> Self {
-        Difference { key, kind: "extra", columns: Vec::new(), key_values }
+        Difference { key, kind: "extra", columns: Vec::new(), key_values, fingerprint: (None, None) }
     }
     pub fn changed(key: String, columns: Vec<String>, key_values: Vec<switchyard_core::Value>) -> Self {
-        Difference { key, kind: "changed", columns, key_values }
+        Difference { key, kind: "changed", columns, key_values, fingerprint: (None, None) }
     }
 }
 

@@ -9,6 +9,7 @@ use crate::transform::{Origin, TablePlan};
 
 const INTEGER_TYPES: [u32; 3] = [20, 21, 23];
 
+#[derive(Clone)]
 pub struct Sides {
     pub source: RowSet,
     pub target: RowSet,

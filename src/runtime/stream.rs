@@ -8,6 +8,7 @@ use switchyard_core::{Change, ChangeBatch, Position, Sink, Source};
 use tokio::sync::{mpsc, watch};
 
 use super::seam::Seam;
+use crate::reconcile::continuous::Touched;
 use super::{Pipeline, Shutdown};
 use crate::registry::{PgSink, PgSource};
 use crate::transform::Shaper;
@@ -45,7 +46,15 @@ pub(super) async fn follow(
     let mut sink = PgSink::new(target_client, store.clone());
     sink.expect_repairs(repairs_version);
     tracing::info!(position = %start, "following the change stream");
-    apply_loop(source, sink, shaper, seam, acknowledge, options, shutdown.clone()).await
+    let touched = file.verify.continuous.then(|| crate::reconcile::continuous::Touched::new(file.verify.chunk_rows));
+    let verifier = touched
+        .clone()
+        .map(|touched| tokio::spawn(crate::reconcile::continuous::run((*file).clone(), touched, shutdown.clone())));
+    let result = apply_loop(source, sink, shaper, seam, acknowledge, options, touched, shutdown.clone()).await;
+    if let Some(verifier) = verifier {
+        verifier.abort();
+    }
+    result
 }
 
 /// A previous connection of ours (dropped, or killed with the process) may hold the slot for a
@@ -66,6 +75,7 @@ async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str)
 }
 
 /// Runs the source in its own task, so decoding overlaps applying, and applies in this one.
+#[allow(clippy::too_many_arguments)]
 async fn apply_loop<S: Source + 'static, K: Sink>(
     source: S,
     mut sink: K,
@@ -73,6 +83,7 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
     mut seam: Seam,
     acknowledge: watch::Sender<Option<Position>>,
     options: FollowOptions,
+    touched: Option<Touched>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (batches, mut incoming) = mpsc::channel::<ChangeBatch>(READ_AHEAD);
@@ -91,7 +102,7 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
                     None => return Ok(()),
                 },
             };
-            let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper)?;
+            let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())?;
             let changes = batch.changes.len();
             let committed = sink.write(&batch).await?;
             inside_transaction = committed.is_none();
@@ -120,12 +131,17 @@ fn gather(
     max_changes: usize,
     seam: &mut Seam,
     shaper: &mut Shaper,
+    touched: Option<&Touched>,
 ) -> anyhow::Result<ChangeBatch> {
     let mut merged = ChangeBatch { begins_at: first.begins_at.clone(), changes: Vec::new(), commit: None };
     let mut next = Some(first);
     while let Some(batch) = next.take() {
+        let commit_micros = batch.commit.as_ref().map(|c| c.time_micros).unwrap_or_else(now_micros);
         for change in batch.changes {
             check_schema_change(&change)?;
+            if let Some(touched) = touched {
+                touched.mark(&change, commit_micros);
+            }
             let Some(change) = seam.filter(change, &batch.begins_at)? else { continue };
             if let Some(change) = shaper.apply(change)? {
                 merged.changes.push(change);
@@ -170,6 +186,10 @@ async fn read_loop<S: Source>(mut source: S, batches: mpsc::Sender<ChangeBatch>)
         }
     }
     Ok(())
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Periodic log lines about streaming progress.

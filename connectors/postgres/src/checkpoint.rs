@@ -32,6 +32,19 @@ pub struct ChunkRecord {
     pub rows: i64,
 }
 
+/// Where continuous verification stands.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct VerificationRecord {
+    pub chunks: i64,
+    pub chunks_verified: i64,
+    pub rows_differing: i64,
+    /// Commit time (µs since the epoch) of the oldest change not yet verified, if any.
+    pub oldest_unverified_micros: Option<i64>,
+    pub full_passes: i64,
+    /// How long ago the record was saved (when read).
+    pub age_micros: i64,
+}
+
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     schema: String,
@@ -82,11 +95,20 @@ impl CheckpointStore {
                  key text[] NOT NULL,
                  position text NOT NULL,
                  lsn pg_lsn NOT NULL,
-                 repaired_at timestamptz NOT NULL DEFAULT now());",
+                 repaired_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {verification} (
+                 pipeline text PRIMARY KEY,
+                 chunks bigint NOT NULL,
+                 chunks_verified bigint NOT NULL,
+                 rows_differing bigint NOT NULL,
+                 oldest_unverified_micros bigint,
+                 full_passes bigint NOT NULL,
+                 updated_at timestamptz NOT NULL DEFAULT now());",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
             repairs = self.table("repairs"),
+            verification = self.table("verification"),
         );
         client.batch_execute(&sql).await.context(|| {
             format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)
@@ -288,6 +310,43 @@ impl CheckpointStore {
                 Ok((TableId::new(row.get::<_, String>(0), row.get::<_, String>(1)), row.get(2), position))
             })
             .collect()
+    }
+
+    /// Saves where continuous verification stands.
+    pub async fn save_verification(&self, client: &impl GenericClient, state: &VerificationRecord) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "INSERT INTO {} (pipeline, chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (pipeline) DO UPDATE SET chunks = $2, chunks_verified = $3, rows_differing = $4,
+                 oldest_unverified_micros = $5, full_passes = $6, updated_at = now()",
+            self.table("verification")
+        );
+        client
+            .execute(
+                &sql,
+                &[&self.pipeline, &state.chunks, &state.chunks_verified, &state.rows_differing, &state.oldest_unverified_micros, &state.full_passes],
+            )
+            .await
+            .context(|| "cannot save the verification state".into())?;
+        Ok(())
+    }
+
+    pub async fn load_verification(&self, client: &impl GenericClient) -> Result<Option<VerificationRecord>, ConnectorError> {
+        let sql = format!(
+            "SELECT chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes,
+                    (extract(epoch FROM now() - updated_at) * 1e6)::bigint
+               FROM {} WHERE pipeline = $1",
+            self.table("verification")
+        );
+        let row = client.query_opt(&sql, &[&self.pipeline]).await.context(|| "cannot read the verification state".into())?;
+        Ok(row.map(|r| VerificationRecord {
+            chunks: r.get(0),
+            chunks_verified: r.get(1),
+            rows_differing: r.get(2),
+            oldest_unverified_micros: r.get(3),
+            full_passes: r.get(4),
+            age_micros: r.get(5),
+        }))
     }
 
     pub async fn set_phase(&self, client: &impl GenericClient, phase: &str) -> Result<(), ConnectorError> {

@@ -176,6 +176,19 @@ impl PgDigest {
             .collect())
     }
 
+    /// The rows of a row set and the WAL insert position after reading them: every transaction
+    /// the read saw committed before it.
+    pub async fn rows_with_position(&self, rows: &RowSet) -> Result<(Vec<Vec<Value>>, Lsn), ConnectorError> {
+        let found = self.rows(rows).await?;
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .context(|| "cannot read the WAL position".into())?;
+        let lsn: String = row.get(0);
+        Ok((found, lsn.parse().map_err(ConnectorError::bug)?))
+    }
+
     /// The smallest and largest value of an integer column among a row set's rows.
     pub async fn integer_bounds(&self, rows: &RowSet, column: &str) -> Result<Option<(i64, i64)>, ConnectorError> {
         // Only the rows matter here: projected constants would be parameters nothing uses.
