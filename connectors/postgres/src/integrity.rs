@@ -92,18 +92,22 @@ async fn count_and_examples(
     Ok(Violations { count: count as u64, examples })
 }
 
+/// `p.parent_col = c.child_col AND ...` for a foreign key, child aliased `c`, parent `p`.
+fn parent_matches(fk: &ForeignKey) -> String {
+    fk.columns
+        .iter()
+        .zip(&fk.parent_columns)
+        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// Rows of the child whose (non-null) foreign key finds no parent row.
 pub async fn orphans(client: &Client, fk: &ForeignKey, key: &[String], only: &[(String, String)]) -> Result<Violations, ConnectorError> {
     let mut params = Vec::new();
     let only = only_clause("c", only, &mut params);
     let not_null = fk.columns.iter().map(|c| format!("c.{} IS NOT NULL", quote_ident(c))).collect::<Vec<_>>().join(" AND ");
-    let matches = fk
-        .columns
-        .iter()
-        .zip(&fk.parent_columns)
-        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let matches = parent_matches(fk);
     let from_where = format!(
         "FROM {} c WHERE {only} AND {not_null} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {matches})",
         quote_table(&fk.table),
@@ -122,13 +126,7 @@ pub async fn cross_tenant(
 ) -> Result<Violations, ConnectorError> {
     let mut params = Vec::new();
     let only = only_clause("c", only, &mut params);
-    let matches = fk
-        .columns
-        .iter()
-        .zip(&fk.parent_columns)
-        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let matches = parent_matches(fk);
     let t = quote_ident(tenant_column);
     let from_where = format!(
         "FROM {} c JOIN {} p ON {matches} WHERE {only} AND p.{t} IS DISTINCT FROM c.{t}",
