@@ -5,12 +5,14 @@ use crate::support::*;
 
 /// Injected faults on the target — a changed value, a deleted row, an extra row, a changed
 /// TOASTed value, a wrong tenant_id, a NULL where the source has a value — are each found with
-/// their exact key and column, while the stream keeps running; exit status 1, and 0 when equal.
+/// their exact key and column in a 1M-row table, while the stream keeps running; exit status 1,
+/// and 0 when equal. `--repair` fixes each while writes go on, and a later pass is clean.
 #[test]
 fn verify_finds_each_injected_fault_with_key_and_column() {
     let pair = Pair::start();
     seed_schemas(&pair);
-    load_rows(&pair, 2_000, 10);
+    // orders holds 1M rows: faults are found among them, not in a toy table.
+    load_rows(&pair, 100_000, 10);
     pair.source.psql("app", "UPDATE orders SET note = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g) WHERE id = 77;");
     let pipeline = pair.pipeline("tenantize", TENANTIZE);
     let mut process = Switchyard::run(&pipeline);
@@ -25,7 +27,7 @@ fn verify_finds_each_injected_fault_with_key_and_column() {
          SET session_replication_role = replica;
          UPDATE orders SET amount = amount + 1 WHERE id = 10;
          DELETE FROM orders WHERE id = 20;
-         INSERT INTO orders (tenant_id, id, user_id, amount, status) VALUES ('00000000-0000-0000-0000-000000000001', 999999, 1, 1, 'x');
+         INSERT INTO orders (tenant_id, id, user_id, amount, status) VALUES ('00000000-0000-0000-0000-000000000001', 5000000, 1, 1, 'x');
          UPDATE orders SET note = note || 'tampered' WHERE id = 77;
          UPDATE orders SET tenant_id = '00000000-0000-0000-0000-000000000002' WHERE id = 30;
          UPDATE users SET name = NULL WHERE id = 40;",
@@ -48,7 +50,7 @@ fn verify_finds_each_injected_fault_with_key_and_column() {
     for expected in [
         format!("changed id=10, {tenant} [\"amount\"]"),
         format!("missing id=20, {tenant} []"),
-        format!("extra id=999999, {tenant} []"),
+        format!("extra id=5000000, {tenant} []"),
         format!("changed id=77, {tenant} [\"note\"]"),
         format!("missing id=30, {tenant} []"),
         format!("changed id=40, {tenant} [\"name\"]"),
@@ -231,21 +233,37 @@ fn continuous_verification_finds_faults_without_false_alarms() {
     };
     wait_for("a first full pass", &|v| v["full_passes"].as_i64().unwrap_or(0) >= 1, &mut process);
 
-    let load = switchyard_testkit::SqlLoad::start(&pair.source, "app", |n| {
-        format!("{} SELECT pg_sleep(0.004);", switchyard_testkit::seed_statement(13, n))
-    });
+    // 60 s of concurrent writes from two sessions: inserts, updates, deletes, key updates.
+    let loads: Vec<_> = [13u64, 14]
+        .into_iter()
+        .map(|seed| {
+            switchyard_testkit::SqlLoad::start(&pair.source, "app", move |n| {
+                let statement = if n % 9 == 0 {
+                    "UPDATE orders SET id = nextval('orders_id_seq') WHERE id = (SELECT min(id) FROM orders WHERE status = 'new');".to_string()
+                } else {
+                    switchyard_testkit::seed_statement(seed, n)
+                };
+                format!("{statement} SELECT pg_sleep(0.002);")
+            })
+        })
+        .collect();
     let passes_before = verification()["full_passes"].as_i64().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut polls = 0;
     while std::time::Instant::now() < deadline {
         let state = verification();
         assert_eq!(state["rows_differing"], 0, "a false difference under load: {state}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        polls += 1;
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    load.finish();
+    let sent: u64 = loads.into_iter().map(|l| l.finish()).sum();
+    assert!(sent > 10_000 && polls > 60, "{sent} statements, {polls} polls");
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
     let state = wait_for("passes under load", &|v| v["full_passes"].as_i64().unwrap_or(0) >= passes_before + 2, &mut process);
     assert_eq!(state["rows_differing"], 0, "{state}");
 
-    pair.target.psql("app", "SET session_replication_role = replica; UPDATE orders SET amount = amount + 1 WHERE id = 10;");
+    // A row the load never touches (it moves the lowest order ids), so only verification sees it.
+    pair.target.psql("app", "SET session_replication_role = replica; UPDATE users SET name = 'tampered' WHERE id = 10;");
     wait_for("the injected fault", &|v| v["rows_differing"].as_i64().unwrap_or(0) >= 1, &mut process);
     let (_, text) = switchyard(&["status"], &pipeline);
     assert!(text.contains("1 rows differ"), "{text}");
