@@ -111,7 +111,9 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
     let mut pace = Pace::new(file.verify.rows_per_second);
     let mut full_passes = 0;
     let mut last_full_pass: Option<Instant> = None;
+    let (mut full_pass_seconds, mut incremental_seconds, mut incremental_chunks) = (0.0, 0.0, 0);
     loop {
+        let started = Instant::now();
         let full_pass_due = last_full_pass.is_none_or(|t| t.elapsed() >= Duration::from_secs(file.verify.full_pass_minutes * 60));
         let work: Vec<ChunkId> = if full_pass_due {
             // Changes during the pass are picked up by the touched set afterwards.
@@ -141,7 +143,11 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
         if full_pass_due {
             full_passes += 1;
             last_full_pass = Some(Instant::now());
-            tracing::info!(chunks = work.len(), passes = full_passes, "verified every chunk");
+            full_pass_seconds = started.elapsed().as_secs_f64();
+            tracing::info!(chunks = work.len(), passes = full_passes, seconds = full_pass_seconds, "verified every chunk");
+        } else if !work.is_empty() {
+            incremental_seconds += started.elapsed().as_secs_f64();
+            incremental_chunks += work.len() as i64;
         }
         let record = VerificationRecord {
             chunks: tables.values().map(|t| t.chunks.len() as i64).sum(),
@@ -150,6 +156,9 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
             oldest_unverified_micros: touched.oldest(),
             full_passes,
             age_micros: 0,
+            full_pass_seconds,
+            incremental_seconds,
+            incremental_chunks,
         };
         store.save_verification(target.client(), &record).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;

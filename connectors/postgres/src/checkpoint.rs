@@ -43,6 +43,11 @@ pub struct VerificationRecord {
     pub full_passes: i64,
     /// How long ago the record was saved (when read).
     pub age_micros: i64,
+    /// How long the last full pass took.
+    pub full_pass_seconds: f64,
+    /// Time spent on, and chunks checked by, incremental passes (touched chunks) so far.
+    pub incremental_seconds: f64,
+    pub incremental_chunks: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -103,7 +108,10 @@ impl CheckpointStore {
                  rows_differing bigint NOT NULL,
                  oldest_unverified_micros bigint,
                  full_passes bigint NOT NULL,
-                 updated_at timestamptz NOT NULL DEFAULT now());",
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             ALTER TABLE {verification} ADD COLUMN IF NOT EXISTS full_pass_seconds double precision NOT NULL DEFAULT 0,
+                                        ADD COLUMN IF NOT EXISTS incremental_seconds double precision NOT NULL DEFAULT 0,
+                                        ADD COLUMN IF NOT EXISTS incremental_chunks bigint NOT NULL DEFAULT 0;",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
@@ -315,16 +323,28 @@ impl CheckpointStore {
     /// Saves where continuous verification stands.
     pub async fn save_verification(&self, client: &impl GenericClient, state: &VerificationRecord) -> Result<(), ConnectorError> {
         let sql = format!(
-            "INSERT INTO {} (pipeline, chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO {} (pipeline, chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes,
+                             full_pass_seconds, incremental_seconds, incremental_chunks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (pipeline) DO UPDATE SET chunks = $2, chunks_verified = $3, rows_differing = $4,
-                 oldest_unverified_micros = $5, full_passes = $6, updated_at = now()",
+                 oldest_unverified_micros = $5, full_passes = $6, full_pass_seconds = $7, incremental_seconds = $8,
+                 incremental_chunks = $9, updated_at = now()",
             self.table("verification")
         );
         client
             .execute(
                 &sql,
-                &[&self.pipeline, &state.chunks, &state.chunks_verified, &state.rows_differing, &state.oldest_unverified_micros, &state.full_passes],
+                &[
+                    &self.pipeline,
+                    &state.chunks,
+                    &state.chunks_verified,
+                    &state.rows_differing,
+                    &state.oldest_unverified_micros,
+                    &state.full_passes,
+                    &state.full_pass_seconds,
+                    &state.incremental_seconds,
+                    &state.incremental_chunks,
+                ],
             )
             .await
             .context(|| "cannot save the verification state".into())?;
@@ -334,7 +354,7 @@ impl CheckpointStore {
     pub async fn load_verification(&self, client: &impl GenericClient) -> Result<Option<VerificationRecord>, ConnectorError> {
         let sql = format!(
             "SELECT chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes,
-                    (extract(epoch FROM now() - updated_at) * 1e6)::bigint
+                    (extract(epoch FROM now() - updated_at) * 1e6)::bigint, full_pass_seconds, incremental_seconds, incremental_chunks
                FROM {} WHERE pipeline = $1",
             self.table("verification")
         );
@@ -346,6 +366,9 @@ impl CheckpointStore {
             oldest_unverified_micros: r.get(3),
             full_passes: r.get(4),
             age_micros: r.get(5),
+            full_pass_seconds: r.get(6),
+            incremental_seconds: r.get(7),
+            incremental_chunks: r.get(8),
         }))
     }
 
