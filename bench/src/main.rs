@@ -137,6 +137,32 @@ fn main() {
     run.wait().unwrap();
     Command::new(&switchyard).args(["teardown"]).arg(&pipeline).env("SOURCE_URL", source.url("app")).env("TARGET_URL", target.url("switchyard")).output().unwrap();
 
+    // Switchyard into the same single-tenant schema the native subscription gets, no transform:
+    // what the pipeline costs apart from the multi-tenant target's wider keys.
+    target.create_database("plain");
+    target.psql("plain", switchyard::demo::SOURCE_SCHEMA);
+    let plain = dir.join("plain.toml");
+    std::fs::write(
+        &plain,
+        format!(
+            "[pipeline]\nname = \"plain\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"users\", \"orders\"]\n\
+             [target]\ntype = \"postgres\"\nurl = \"{}\"\n[verify]\ncontinuous = false\n",
+            source.url("app"),
+            target.url("plain")
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut run = Command::new(&switchyard).args(["run"]).arg(&plain).env("SWITCHYARD_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+    while target.try_psql("plain", "SELECT phase FROM switchyard.pipelines").as_deref() != Ok("streaming") {
+        assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    record("snapshot", "switchyard_plain", started.elapsed().as_secs_f64());
+    unsafe { kill(run.id() as i32, 15) };
+    run.wait().unwrap();
+    Command::new(&switchyard).args(["teardown"]).arg(&plain).output().unwrap();
+
     // pgcopydb clone, with the same parallelism.
     target.create_database("pgcopydb");
     let work = dir.join("pgcopydb");
