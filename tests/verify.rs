@@ -210,7 +210,7 @@ fn continuous_verification_finds_faults_without_false_alarms() {
     load_rows(&pair, 2_000, 10);
     let pipeline = pair.pipeline(
         "tenantize",
-        &TENANTIZE.replace("[snapshot]", "[verify]\nchunk_rows = 5000\nfull_pass_minutes = 0\n\n[snapshot]"),
+        &TENANTIZE.replace("[snapshot]", "[verify]\ncontinuous_chunk_rows = 5000\nfull_pass_minutes = 0\n\n[snapshot]"),
     );
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_tenantize", &mut process);

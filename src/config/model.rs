@@ -142,6 +142,9 @@ pub struct VerifySection {
     /// Verify continuously inside `switchyard run`: a first full pass, then the chunks changes
     /// touched, and a slow full pass every `full_pass_minutes`.
     pub continuous: bool,
+    /// Rows per chunk for continuous verification: smaller than a one-shot pass's, so re-checking
+    /// what changes touched reads little.
+    pub continuous_chunk_rows: u64,
     /// Rows per second the continuous verifier may read from each side.
     pub rows_per_second: u64,
     pub full_pass_minutes: u64,
@@ -165,6 +168,7 @@ impl Default for VerifySection {
             settle_seconds: 30,
             rules: Vec::new(),
             continuous: true,
+            continuous_chunk_rows: 10_000,
             rows_per_second: 200_000,
             full_pass_minutes: 60,
         }

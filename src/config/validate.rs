@@ -49,6 +49,9 @@ pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     if file.verify.chunk_rows < 100 {
         problems.push(Problem::new("verify.chunk_rows", "must be at least 100"));
     }
+    if file.verify.continuous_chunk_rows < 100 {
+        problems.push(Problem::new("verify.continuous_chunk_rows", "must be at least 100"));
+    }
     for (index, rule) in file.verify.rules.iter().enumerate() {
         if TableId::parse(&rule.table, "public").is_none() {
             problems.push(Problem::new(format!("verify.rules[{index}].table"), format!("{:?} is not a table name", rule.table)));

@@ -100,7 +100,8 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
     let store = registry::checkpoint_store(file);
     let source = PgDigest::connect(&endpoints.source).await?;
     let target = PgDigest::connect(&endpoints.target).await?;
-    let checker = Checker { file, source: &source, target: &target, slot: file.slot_name() };
+    let chunk_rows = file.verify.continuous_chunk_rows;
+    let checker = Checker { file, source: &source, target: &target, slot: file.slot_name(), chunk_rows };
     let mut shaper = Shaper::new(transform::from_config(&file.transforms));
     let mut tables = HashMap::new();
     for table in crate::runtime::load_source_tables(source.client(), file).await? {
@@ -112,8 +113,10 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
     let mut full_passes = 0;
     let mut last_full_pass: Option<Instant> = None;
     let (mut full_pass_seconds, mut incremental_seconds, mut incremental_chunks) = (0.0, 0.0, 0);
+    let (mut full_pass_rows, mut incremental_rows) = (0i64, 0i64);
     loop {
         let started = Instant::now();
+        let mut rows_read = 0i64;
         let full_pass_due = last_full_pass.is_none_or(|t| t.elapsed() >= Duration::from_secs(file.verify.full_pass_minutes * 60));
         let work: Vec<ChunkId> = if full_pass_due {
             // Changes during the pass are picked up by the touched set afterwards.
@@ -128,13 +131,14 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
         } else {
             touched.take().into_keys().filter(|(table, lo)| lo.is_some() || !has_integer_chunks(&tables, table)).collect()
         };
-        let width = file.verify.chunk_rows as i64;
+        let width = chunk_rows as i64;
         for (table, lo) in &work {
             let Some(state) = tables.get_mut(table) else { continue };
             let range = lo.map(|lo| (lo, lo.saturating_add(width)));
             let (source_rows, target_rows) = state.sides.chunk(range);
             let outcome = checker.chunk(&state.plan, &source_rows, &target_rows).await?;
             pace.spent(outcome.source_rows.max(outcome.target_rows)).await;
+            rows_read += (outcome.source_rows + outcome.target_rows) as i64;
             for difference in outcome.differences.iter().take(3) {
                 tracing::warn!(table = %state.plan.target.id, key = %difference.key, kind = difference.kind, columns = ?difference.columns, "verification found a difference");
             }
@@ -144,10 +148,12 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
             full_passes += 1;
             last_full_pass = Some(Instant::now());
             full_pass_seconds = started.elapsed().as_secs_f64();
+            full_pass_rows = rows_read;
             tracing::info!(chunks = work.len(), passes = full_passes, seconds = full_pass_seconds, "verified every chunk");
         } else if !work.is_empty() {
             incremental_seconds += started.elapsed().as_secs_f64();
             incremental_chunks += work.len() as i64;
+            incremental_rows += rows_read;
         }
         let record = VerificationRecord {
             chunks: tables.values().map(|t| t.chunks.len() as i64).sum(),
@@ -159,6 +165,8 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
             full_pass_seconds,
             incremental_seconds,
             incremental_chunks,
+            full_pass_rows,
+            incremental_rows,
         };
         store.save_verification(target.client(), &record).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -50,7 +50,7 @@ pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Res
     let target = PgDigest::connect(&endpoints.target).await?;
     let tables = crate::runtime::load_source_tables(source.client(), file).await?;
     let mut shaper = Shaper::new(transform::from_config(&file.transforms));
-    let checker = Checker { file, source: &source, target: &target, slot: file.slot_name() };
+    let checker = Checker { file, source: &source, target: &target, slot: file.slot_name(), chunk_rows: file.verify.chunk_rows };
     let mut report = VerifyReport::default();
     let mut checked = Vec::new();
     for table in &tables {
@@ -72,6 +72,8 @@ pub(crate) struct Checker<'a> {
     pub source: &'a PgDigest,
     pub target: &'a PgDigest,
     pub slot: String,
+    /// Rows per chunk (key-grid width).
+    pub chunk_rows: u64,
 }
 
 impl Checker<'_> {
@@ -115,7 +117,7 @@ impl Checker<'_> {
         if bounds.1 == i64::MAX {
             return Ok(vec![None]);
         }
-        let width = self.file.verify.chunk_rows as i128;
+        let width = self.chunk_rows as i128;
         let mut ranges = Vec::new();
         // Chunks sit on a fixed grid of the key, so a changed key names its chunk without a query.
         let mut lo = (bounds.0 as i128).div_euclid(width) * width;

@@ -46,7 +46,7 @@ pub(super) async fn follow(
     let mut sink = PgSink::new(target_client, store.clone());
     sink.expect_repairs(repairs_version);
     tracing::info!(position = %start, "following the change stream");
-    let touched = file.verify.continuous.then(|| crate::reconcile::continuous::Touched::new(file.verify.chunk_rows));
+    let touched = file.verify.continuous.then(|| crate::reconcile::continuous::Touched::new(file.verify.continuous_chunk_rows));
     let verifier = touched
         .clone()
         .map(|touched| tokio::spawn(crate::reconcile::continuous::run((*file).clone(), touched, shutdown.clone())));

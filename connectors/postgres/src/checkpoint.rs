@@ -48,6 +48,9 @@ pub struct VerificationRecord {
     /// Time spent on, and chunks checked by, incremental passes (touched chunks) so far.
     pub incremental_seconds: f64,
     pub incremental_chunks: i64,
+    /// Rows read (both sides) by the last full pass, and by incremental passes so far: the cost.
+    pub full_pass_rows: i64,
+    pub incremental_rows: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -111,7 +114,9 @@ impl CheckpointStore {
                  updated_at timestamptz NOT NULL DEFAULT now());
              ALTER TABLE {verification} ADD COLUMN IF NOT EXISTS full_pass_seconds double precision NOT NULL DEFAULT 0,
                                         ADD COLUMN IF NOT EXISTS incremental_seconds double precision NOT NULL DEFAULT 0,
-                                        ADD COLUMN IF NOT EXISTS incremental_chunks bigint NOT NULL DEFAULT 0;",
+                                        ADD COLUMN IF NOT EXISTS incremental_chunks bigint NOT NULL DEFAULT 0,
+                                        ADD COLUMN IF NOT EXISTS full_pass_rows bigint NOT NULL DEFAULT 0,
+                                        ADD COLUMN IF NOT EXISTS incremental_rows bigint NOT NULL DEFAULT 0;",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
@@ -324,11 +329,11 @@ impl CheckpointStore {
     pub async fn save_verification(&self, client: &impl GenericClient, state: &VerificationRecord) -> Result<(), ConnectorError> {
         let sql = format!(
             "INSERT INTO {} (pipeline, chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes,
-                             full_pass_seconds, incremental_seconds, incremental_chunks)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                             full_pass_seconds, incremental_seconds, incremental_chunks, full_pass_rows, incremental_rows)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (pipeline) DO UPDATE SET chunks = $2, chunks_verified = $3, rows_differing = $4,
                  oldest_unverified_micros = $5, full_passes = $6, full_pass_seconds = $7, incremental_seconds = $8,
-                 incremental_chunks = $9, updated_at = now()",
+                 incremental_chunks = $9, full_pass_rows = $10, incremental_rows = $11, updated_at = now()",
             self.table("verification")
         );
         client
@@ -344,6 +349,8 @@ impl CheckpointStore {
                     &state.full_pass_seconds,
                     &state.incremental_seconds,
                     &state.incremental_chunks,
+                    &state.full_pass_rows,
+                    &state.incremental_rows,
                 ],
             )
             .await
@@ -354,7 +361,8 @@ impl CheckpointStore {
     pub async fn load_verification(&self, client: &impl GenericClient) -> Result<Option<VerificationRecord>, ConnectorError> {
         let sql = format!(
             "SELECT chunks, chunks_verified, rows_differing, oldest_unverified_micros, full_passes,
-                    (extract(epoch FROM now() - updated_at) * 1e6)::bigint, full_pass_seconds, incremental_seconds, incremental_chunks
+                    (extract(epoch FROM now() - updated_at) * 1e6)::bigint, full_pass_seconds, incremental_seconds, incremental_chunks,
+                    full_pass_rows, incremental_rows
                FROM {} WHERE pipeline = $1",
             self.table("verification")
         );
@@ -369,6 +377,8 @@ impl CheckpointStore {
             full_pass_seconds: r.get(6),
             incremental_seconds: r.get(7),
             incremental_chunks: r.get(8),
+            full_pass_rows: r.get(9),
+            incremental_rows: r.get(10),
         }))
     }
 
