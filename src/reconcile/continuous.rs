@@ -25,10 +25,13 @@ use crate::transform::{self, Shaper, TablePlan};
 /// A chunk: a source table and the low end of its key range (`None`: the whole table).
 type ChunkId = (TableId, Option<i64>);
 
+/// Per table, per chunk low end: the commit time of the oldest change not yet verified there.
+type TouchedChunks = HashMap<TableId, HashMap<Option<i64>, i64>>;
+
 /// Chunks touched by applied changes, with the commit time of the oldest change not yet verified.
 #[derive(Clone, Default)]
 pub struct Touched {
-    chunks: Arc<Mutex<HashMap<ChunkId, i64>>>,
+    chunks: Arc<Mutex<TouchedChunks>>,
     chunk_rows: i64,
 }
 
@@ -37,14 +40,23 @@ impl Touched {
         Touched { chunks: Default::default(), chunk_rows: chunk_rows as i64 }
     }
 
-    /// Marks the chunks of a source change (before transforms) as touched at `commit_micros`.
-    pub fn mark(&self, change: &Change, commit_micros: i64) {
+    /// Marks the chunks of source changes (before transforms) as touched at `commit_micros`.
+    pub fn mark(&self, changes: &[Change], commit_micros: i64) {
         let mut chunks = self.chunks.lock().expect("touched lock");
+        for change in changes {
+            self.mark_one(&mut chunks, change, commit_micros);
+        }
+    }
+
+    fn mark_one(&self, chunks: &mut TouchedChunks, change: &Change, commit_micros: i64) {
         let mut mark = |table: &TableId, first_key: Option<&Value>| {
+            // A key that is not an integer (a table copied and checked whole) is chunk `None`.
             let lo = first_key.and_then(Value::as_str).and_then(|k| k.parse::<i64>().ok()).map(|k| k.div_euclid(self.chunk_rows) * self.chunk_rows);
-            chunks.entry((table.clone(), lo)).or_insert(commit_micros);
-            // A table without an integer key is one chunk; a whole-table id covers that too.
-            chunks.entry((table.clone(), None)).or_insert(commit_micros);
+            if let Some(table_chunks) = chunks.get_mut(table) {
+                table_chunks.entry(lo).or_insert(commit_micros);
+            } else {
+                chunks.insert(table.clone(), HashMap::from([(lo, commit_micros)]));
+            }
         };
         match change {
             Change::Insert { table, row } | Change::Update { table, row, old_key: None } => mark(&table.id, table.key.first().map(|&k| &row[k])),
@@ -62,12 +74,13 @@ impl Touched {
         }
     }
 
-    fn take(&self) -> HashMap<ChunkId, i64> {
-        std::mem::take(&mut *self.chunks.lock().expect("touched lock"))
+    fn take(&self) -> Vec<ChunkId> {
+        let chunks = std::mem::take(&mut *self.chunks.lock().expect("touched lock"));
+        chunks.into_iter().flat_map(|(table, los)| los.into_keys().map(move |lo| (table.clone(), lo))).collect()
     }
 
     fn oldest(&self) -> Option<i64> {
-        self.chunks.lock().expect("touched lock").values().min().copied()
+        self.chunks.lock().expect("touched lock").values().flat_map(|los| los.values()).min().copied()
     }
 }
 
@@ -129,7 +142,7 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
             }
             all
         } else {
-            touched.take().into_keys().filter(|(table, lo)| lo.is_some() || !has_integer_chunks(&tables, table)).collect()
+            touched.take().into_iter().filter(|(table, lo)| lo.is_some() || !has_integer_chunks(&tables, table)).collect()
         };
         let width = chunk_rows as i64;
         for (table, lo) in &work {

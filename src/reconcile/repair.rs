@@ -66,13 +66,13 @@ async fn write_repairs(
         let source_keys: Vec<Vec<Option<String>>> = table_report
             .differing_keys
             .iter()
-            .map(|k| plan.source_key(k).iter().map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|k| plan.source_key(k).iter().map(Value::to_text).collect())
             .collect();
         let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
         let key_names: Vec<String> = table.key_names().iter().map(|n| n.to_string()).collect();
         let source_rows = source.rows_by_keys(&table.id, &columns, &key_names, &source_keys).await?;
         let target_keys: Vec<Vec<Option<String>>> =
-            table_report.differing_keys.iter().map(|k| k.iter().map(|v| v.as_str().map(str::to_string)).collect()).collect();
+            table_report.differing_keys.iter().map(|k| k.iter().map(Value::to_text).collect()).collect();
         let target_key_names: Vec<String> = plan.target.key_names().iter().map(|n| n.to_string()).collect();
         let on_target: HashSet<Vec<Value>> = rows_by_keys(sink.client(), &plan.target.id, &target_key_names, &target_key_names, &target_keys)
             .await?
@@ -96,7 +96,7 @@ async fn write_repairs(
                 None => deletes.extend(shaper.apply(Change::Delete { table: table.clone(), key })?),
             }
         }
-        for key in source_keys.iter().map(|k| k.iter().map(|v| v.clone().map(Value::text).unwrap_or(Value::Null)).collect::<Vec<_>>()) {
+        for key in source_keys.iter().map(|k| k.iter().cloned().map(Value::from_text).collect::<Vec<_>>()) {
             if !found.contains(&key) && on_target.contains(&plan.key(&key)) {
                 deletes.extend(shaper.apply(Change::Delete { table: table.clone(), key })?);
             }

@@ -7,8 +7,6 @@ use switchyard_postgres::digest::{Condition, Projection, RowSet};
 use crate::transform::filter::Test;
 use crate::transform::{Origin, TablePlan};
 
-const INTEGER_TYPES: [u32; 3] = [20, 21, 23];
-
 #[derive(Clone)]
 pub struct Sides {
     pub source: RowSet,
@@ -56,7 +54,7 @@ impl Sides {
         };
         // Ranges run over the source's first key column, which the target has under its shaped name.
         let first_key = source_table.key[0];
-        let range_columns = INTEGER_TYPES.contains(&source_table.columns[first_key].type_oid).then(|| {
+        let range_columns = crate::registry::pg_catalog::is_integer(&source_table.columns[first_key]).then(|| {
             let shaped = plan.origins().iter().position(|o| *o == Origin::Source(first_key));
             shaped.map(|i| (source_table.columns[first_key].name.clone(), plan.target.columns[i].name.clone()))
         });

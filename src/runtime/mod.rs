@@ -60,7 +60,7 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> 
     let store = &pipeline.store;
     let record = match store.load(&target).await? {
         None => snapshot::initial(&pipeline, &source, &mut target, &mut shaper).await?,
-        Some(record) if record.phase == PHASE_SNAPSHOT => snapshot::resume(&pipeline, &target, &mut shaper, record).await?,
+        Some(record) if record.phase == PHASE_SNAPSHOT => snapshot::resume(&pipeline, &source, &target, &mut shaper, record).await?,
         Some(record) => record,
     };
     let chunks = store.chunks(&target).await?;
@@ -75,7 +75,7 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> 
     let mut seam = seam::Seam::new(&chunks, &start);
     // Repairs first, then their version: a repair recorded in between only causes a retry.
     for (table, key, at) in store.pending_repairs(&target).await? {
-        seam.add_repair(table, key.into_iter().map(|k| k.map(Value::text).unwrap_or(Value::Null)).collect(), at);
+        seam.add_repair(table, key.into_iter().map(Value::from_text).collect(), at);
     }
     let repairs_version = store.repairs_version(&target).await?;
     stream::follow(&pipeline, source, target, shaper, seam, start, repairs_version).await

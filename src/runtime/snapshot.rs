@@ -11,8 +11,6 @@ use super::{record_for, stopping, Pipeline, Shutdown};
 use crate::registry::{slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Shaper, TablePlan};
 
-const INTEGER_TYPES: [u32; 3] = [20, 21, 23];
-
 pub(super) async fn initial(
     pipeline: &Pipeline<'_>,
     source: &tokio_postgres::Client,
@@ -51,6 +49,7 @@ pub(super) async fn initial(
 
 pub(super) async fn resume(
     pipeline: &Pipeline<'_>,
+    source: &tokio_postgres::Client,
     target: &tokio_postgres::Client,
     shaper: &mut Shaper,
     record: PipelineRecord,
@@ -61,8 +60,7 @@ pub(super) async fn resume(
     if remaining.is_empty() {
         return Ok(record);
     }
-    let source = endpoints.source.connect().await?;
-    if slot::slot_state(&source, &record.slot).await?.is_none() {
+    if slot::slot_state(source, &record.slot).await?.is_none() {
         bail!(
             "replication slot {} is gone, so changes since the snapshot began are lost to this pipeline; \
              run `switchyard teardown --drop-checkpoint`, empty the target tables, and run again",
@@ -95,7 +93,7 @@ pub async fn plan_chunks(
     for table in tables {
         let whole = ChunkRecord { table: table.id.clone(), chunk: 0, range: None, copied_at: None, rows: 0 };
         let key = &table.columns[table.key[0]];
-        if !INTEGER_TYPES.contains(&key.type_oid) {
+        if !crate::registry::pg_catalog::is_integer(key) {
             chunks.push(whole);
             continue;
         }

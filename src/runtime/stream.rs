@@ -136,12 +136,12 @@ fn gather(
     let mut merged = ChangeBatch { begins_at: first.begins_at.clone(), changes: Vec::new(), commit: None };
     let mut next = Some(first);
     while let Some(batch) = next.take() {
-        let commit_micros = batch.commit.as_ref().map(|c| c.time_micros).unwrap_or_else(now_micros);
+        if let Some(touched) = touched {
+            let commit_micros = batch.commit.as_ref().map(|c| c.time_micros).unwrap_or_else(now_micros);
+            touched.mark(&batch.changes, commit_micros);
+        }
         for change in batch.changes {
             check_schema_change(&change)?;
-            if let Some(touched) = touched {
-                touched.mark(&change, commit_micros);
-            }
             let Some(change) = seam.filter(change, &batch.begins_at)? else { continue };
             if let Some(change) = shaper.apply(change)? {
                 merged.changes.push(change);

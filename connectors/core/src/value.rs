@@ -32,6 +32,16 @@ impl Value {
         self.as_bytes().and_then(|b| std::str::from_utf8(b).ok())
     }
 
+    /// A value from text as a database row gives it (`None` is NULL).
+    pub fn from_text(text: Option<String>) -> Value {
+        text.map(Value::text).unwrap_or(Value::Null)
+    }
+
+    /// The value's text, `None` for NULL (and for values that carry none).
+    pub fn to_text(&self) -> Option<String> {
+        self.as_str().map(str::to_string)
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }

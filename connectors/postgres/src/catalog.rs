@@ -130,6 +130,12 @@ pub async fn format_type(client: &Client, type_oid: u32, type_modifier: i32) -> 
     Ok(row.get(0))
 }
 
+/// Whether a column holds a PostgreSQL integer (int2, int4, int8): such a first key column
+/// can be cut into key ranges.
+pub fn is_integer(column: &Column) -> bool {
+    matches!(column.type_oid, 20 | 21 | 23)
+}
+
 /// Types whose values only mean something inside the database that produced them.
 pub fn untransferable_type(type_name: &str) -> Option<&'static str> {
     let base = type_name.trim_end_matches("[]");

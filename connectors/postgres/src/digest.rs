@@ -170,7 +170,7 @@ impl PgDigest {
             .iter()
             .map(|row| {
                 (0..query.columns.len())
-                    .map(|i| row.get::<_, Option<String>>(i).map(Value::text).unwrap_or(Value::Null))
+                    .map(|i| Value::from_text(row.get(i)))
                     .collect()
             })
             .collect())
@@ -201,14 +201,7 @@ impl PgDigest {
     /// A digest session inside a transaction at an exported snapshot.
     pub async fn connect_at_snapshot(endpoint: &Endpoint, snapshot: &str) -> Result<Self, ConnectorError> {
         let digest = PgDigest::connect(endpoint).await?;
-        digest
-            .client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .context(|| "cannot begin a snapshot transaction".into())?;
-        // SET TRANSACTION SNAPSHOT takes no parameters; the name is a literal the server gave us.
-        let sql = format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''"));
-        digest.client.batch_execute(&sql).await.context(|| format!("cannot import snapshot {snapshot}"))?;
+        crate::snapshot::import(&digest.client, snapshot).await?;
         Ok(digest)
     }
 
@@ -245,6 +238,6 @@ pub async fn rows_by_keys(
     let result = client.query(&sql, &params).await.context(|| format!("cannot read rows of {table}"))?;
     Ok(result
         .iter()
-        .map(|row| (0..columns.len()).map(|i| row.get::<_, Option<String>>(i).map(Value::text).unwrap_or(Value::Null)).collect())
+        .map(|row| (0..columns.len()).map(|i| Value::from_text(row.get(i))).collect())
         .collect())
 }

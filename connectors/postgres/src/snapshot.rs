@@ -11,6 +11,17 @@ use crate::endpoint::Endpoint;
 use crate::error::PgResultExt;
 use crate::ident::{quote_ident, quote_table};
 
+/// Begins a read-only `REPEATABLE READ` transaction on `client` at an exported snapshot.
+pub async fn import(client: &Client, snapshot: &str) -> Result<(), ConnectorError> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .context(|| "cannot begin the snapshot transaction".into())?;
+    // SET TRANSACTION SNAPSHOT takes no parameters; the name is a literal the server gave us.
+    let sql = format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''"));
+    client.batch_execute(&sql).await.context(|| format!("cannot import snapshot {snapshot}"))
+}
+
 /// One source connection inside `REPEATABLE READ` at an imported snapshot.
 pub struct SnapshotReader {
     client: Client,
@@ -19,13 +30,7 @@ pub struct SnapshotReader {
 impl SnapshotReader {
     pub async fn open(endpoint: &Endpoint, snapshot: &str) -> Result<Self, ConnectorError> {
         let client = endpoint.connect().await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .context(|| "cannot begin the snapshot transaction".into())?;
-        // SET TRANSACTION SNAPSHOT takes no parameters; the name is a literal the server gave us.
-        let sql = format!("SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''"));
-        client.batch_execute(&sql).await.context(|| format!("cannot import snapshot {snapshot}"))?;
+        import(&client, snapshot).await?;
         Ok(SnapshotReader { client })
     }
 
