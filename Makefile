@@ -18,6 +18,7 @@ deps:
 	fi
 	@id postgres >/dev/null 2>&1 || $(SUDO) useradd --system --home /var/lib/postgresql postgres
 	@command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >/dev/null 2>&1 || echo "warning: clippy unavailable; make lint will be skipped"
 	@echo "deps ok: $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$(cargo --version)"
 
 ## deps-bench: the peers the benchmark compares against (pgcopydb).
@@ -43,7 +44,8 @@ demo: deps
 	./target/release/switchyard demo --users $(DEMO_USERS)
 
 lint:
-	cargo clippy --workspace --all-targets -- -D warnings
+	@if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; \
+	else echo "warning: clippy unavailable, lint skipped"; fi
 
 clean:
 	cargo clean
