@@ -17,9 +17,13 @@ deps:
 		|| $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null; \
 	fi
 	@id postgres >/dev/null 2>&1 || $(SUDO) useradd --system --home /var/lib/postgresql postgres
+# pgbouncer: tests start their own on a free port; the package's own service is never used.
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { \
+		echo "installing pgbouncer"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 	@command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >/dev/null 2>&1 || echo "warning: clippy unavailable; make lint will be skipped"
-	@echo "deps ok: $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$(cargo --version)"
+	@echo "deps ok: $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$( (/usr/sbin/pgbouncer --version || pgbouncer --version) 2>/dev/null | head -1), $$(cargo --version)"
 
 ## deps-bench: the peers the benchmark compares against (pgcopydb).
 deps-bench: deps

@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 ///   switchyard run pipelines/tenantize.toml       # copy, then follow until Ctrl-C
 ///   switchyard status pipelines/tenantize.toml    # phase, copy state, lag, retained WAL
 ///   switchyard verify pipelines/tenantize.toml    # checksums: is the target the source, transformed?
+///   switchyard plan pipelines/tenantize.toml      # the cutover runbook, with live go/no-go values
+///   switchyard cutover pipelines/tenantize.toml   # fence, drain, verify, switch; the way back runs
+///   switchyard switchback pipelines/tenantize.toml  # the same, back to the old database
 ///   switchyard teardown pipelines/tenantize.toml  # drop slot and publication
 #[derive(Parser)]
 #[command(name = "switchyard", version, verbatim_doc_comment)]
@@ -43,7 +46,55 @@ enum Command {
     /// record; then the stream is applied in batches of whole source transactions, each batch
     /// committed together with the checkpoint. Ctrl-C (SIGINT) or SIGTERM finishes the batch in
     /// hand and exits 0; running again resumes from the checkpoint.
-    Run { pipeline: PathBuf },
+    ///
+    /// While it runs it also carries out `cutover` and `switchback` requests (it owns both
+    /// pipelines: after a cutover it runs the way back, shadow -> old database), and with
+    /// --listen serves the HTTP API: GET /status, GET /metrics (Prometheus), and POST
+    /// /cutover[?rehearse=true], /switchback, /abort with `Authorization: Bearer $SWITCHYARD_API_TOKEN`
+    /// (without that variable set, actions are refused).
+    Run {
+        pipeline: PathBuf,
+        /// Serve the HTTP API on this address, e.g. 127.0.0.1:8080 (loopback unless you say otherwise).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Print the cutover runbook for this pipeline as it stands: each step, its go/no-go checks
+    /// with their live values, and how each step is rolled back.
+    Plan { pipeline: PathBuf },
+    /// Move the application's writes to the shadow, through the running `switchyard run`.
+    ///
+    /// Steps, each recorded on the shadow before it is acted on: gates (lag under
+    /// cutover.max_lag_seconds, continuous verification clean, the way back passes check) ->
+    /// fence the old database's writers (PgBouncer PAUSE, read-only, or a hook) -> write a
+    /// mark into its stream and drain until the shadow applied it -> final check (counts,
+    /// chunks touched since the last verification) -> move the shadow's sequences past the old
+    /// database's -> arm the way back (a slot on the shadow, starting here) -> switch traffic
+    /// -> keep the old database fenced and run the way back. Before the switch any failure rolls
+    /// back (unfence, traffic resumes on the old database); a kill -9 anywhere is resolved by the
+    /// next `switchyard run`. Prints each step's time and the write-blocked window.
+    /// Exits 0 when completed (or, with --rehearse or --abort, rolled back as asked), 1 otherwise.
+    #[command(verbatim_doc_comment)]
+    Cutover {
+        pipeline: PathBuf,
+        /// Run gates, fence, mark, drain and final check for real, then roll back instead of
+        /// switching; reports the write-blocked window a real cutover would cause.
+        #[arg(long, conflicts_with = "abort")]
+        rehearse: bool,
+        /// Abort the cutover or switch-back in progress (only before its switch step).
+        #[arg(long)]
+        abort: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the application's writes back to the old database: the cutover's steps mirrored
+    /// (fence the shadow, drain the way back, sequences, re-arm the forward pipeline, switch).
+    Switchback {
+        pipeline: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show where a pipeline stands: phase, copy progress per table, source and applied
     /// positions, lag in bytes and seconds, WAL retained by the slot, last error.
     Status {
@@ -100,6 +151,13 @@ enum Command {
     },
 }
 
+/// `ADDR` as `host:port`, or a bare `:port` / port on loopback.
+fn parse_listen(text: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let text = text.trim();
+    let full = if text.starts_with(':') { format!("127.0.0.1{text}") } else if text.parse::<u16>().is_ok() { format!("127.0.0.1:{text}") } else { text.to_string() };
+    full.parse().map_err(|_| anyhow::anyhow!("--listen {text:?} is not an address; give e.g. 127.0.0.1:8080"))
+}
+
 fn main() -> ExitCode {
     switchyard::commands::init_logging();
     let cli = Cli::parse();
@@ -107,7 +165,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Check { pipeline } => switchyard::commands::check(&pipeline).await,
-            Command::Run { pipeline } => switchyard::commands::run(&pipeline).await,
+            Command::Run { pipeline, listen } => match listen.as_deref().map(parse_listen).transpose() {
+                Ok(listen) => switchyard::commands::run(&pipeline, listen).await,
+                Err(error) => Err(error),
+            },
+            Command::Plan { pipeline } => switchyard::commands::plan(&pipeline).await,
+            Command::Cutover { pipeline, rehearse, abort, json } => {
+                let request = if abort { "abort" } else if rehearse { "rehearsal" } else { "cutover" };
+                switchyard::commands::cutover(&pipeline, request, json).await
+            }
+            Command::Switchback { pipeline, json } => switchyard::commands::cutover(&pipeline, "switchback", json).await,
             Command::Status { pipeline, json } => switchyard::commands::status(&pipeline, json).await,
             Command::Verify { pipeline, tables, json, repair } => {
                 switchyard::commands::verify(&pipeline, tables, json, repair).await

@@ -6,6 +6,7 @@ mod support;
 mod config_errors;
 mod consistency;
 mod crash_recovery;
+mod cutover;
 mod large;
 mod schema_changes;
 mod security;

@@ -76,11 +76,17 @@ pub fn binary() -> &'static str {
 
 impl Switchyard {
     pub fn spawn(args: &[&str], pipeline: &Path) -> Switchyard {
+        Switchyard::spawn_with(args, &[], pipeline)
+    }
+
+    /// `switchyard ARGS PIPELINE` with extra environment variables.
+    pub fn spawn_with(args: &[&str], env: &[(&str, &str)], pipeline: &Path) -> Switchyard {
         let log = pipeline.with_extension(format!("{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary())
             .args(args)
             .arg(pipeline)
+            .envs(env.iter().copied())
             .env("SWITCHYARD_LOG", "info")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -233,5 +239,50 @@ impl Writer {
     /// Stops writing; returns how many statements were sent.
     pub fn finish(self) -> u64 {
         self.0.finish()
+    }
+}
+
+impl Switchyard {
+    /// `switchyard run [extra args] PIPELINE` with extra environment variables.
+    pub fn run_with(extra: &[&str], env: &[(&str, &str)], pipeline: &Path) -> Switchyard {
+        let args: Vec<&str> = std::iter::once("run").chain(extra.iter().copied()).collect();
+        Switchyard::spawn_with(&args, env, pipeline)
+    }
+}
+
+/// Waits until `sql` on `cluster` prints `want`, failing with the process log after `seconds`.
+pub fn wait_for(cluster: &PgCluster, sql: &str, want: &str, seconds: u64, process: &mut Switchyard) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if cluster.try_psql("app", sql).as_deref() == Ok(want) {
+            return;
+        }
+        process.assert_running();
+        assert!(Instant::now() < deadline, "{sql} did not give {want:?} within {seconds} s; log:\n{}", process.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request on loopback; returns the status code and the body.
+pub fn http(method: &str, address: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until the HTTP API answers on `address`.
+pub fn wait_for_api(address: &str, process: &mut Switchyard) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(address).is_err() {
+        process.assert_running();
+        assert!(Instant::now() < deadline, "the API did not listen on {address}; log:\n{}", process.log());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

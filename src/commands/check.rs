@@ -45,9 +45,12 @@ fn print_problems(problems: &[Problem], notes: &[Problem]) {
 pub async fn check_file(file: &PipelineFile) -> (Vec<Problem>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
-    let shaper_transforms = transform::from_config(&file.transforms);
+    let shaper_transforms = match transform::chain(file) {
+        Ok(chain) => chain,
+        Err(e) => return (vec![Problem::new("transform", e.to_string())], notes),
+    };
     for (index, transform) in shaper_transforms.iter().enumerate() {
-        if transform.inverse().is_none() {
+        if !file.reversed && transform.inverse().is_none() {
             notes.push(Problem::new(
                 format!("transform[{index}]"),
                 format!("{} has no inverse: switch-back to the old database will not be possible", transform.describe()),

@@ -3,8 +3,8 @@
 mod check;
 mod status;
 
-pub use check::check;
-pub use status::status;
+pub use check::{check, check_file};
+pub use status::{gather, status};
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -14,6 +14,8 @@ use anyhow::bail;
 use tokio::sync::watch;
 
 use crate::config;
+use crate::cutover::{Controller, ReverseHealth, Side};
+use crate::reconcile::continuous::Touched;
 use crate::registry::{self, slot};
 
 pub fn init_logging() {
@@ -31,7 +33,9 @@ pub fn load(path: &Path) -> anyhow::Result<config::PipelineFile> {
     Ok(config::load(path)?)
 }
 
-pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+/// `switchyard run`: the pipeline out of whichever database is live (forward before a
+/// cutover, the way back after), the cutover controller beside it, and the HTTP API if asked.
+pub async fn run(path: &Path, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
     let file = load(path)?;
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -41,13 +45,87 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     });
     let endpoints = registry::endpoints(&file)?;
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
+    let touched = file.verify.continuous.then(|| Touched::new(file.verify.continuous_chunk_rows));
+    let (running_sender, running) = watch::channel(None);
+    let reverse_health = ReverseHealth::default();
+    let (controller, live) = start_controller(&file, running, touched.clone(), reverse_health.clone(), shutdown.clone()).await?;
+    let pipelines = [controller.pipeline_for(Side::Old), controller.pipeline_for(Side::Shadow)];
+    let controller = tokio::spawn(controller.run());
+    if let Some(address) = listen {
+        let api = crate::api::serve(address, file.clone(), live.clone(), shutdown.clone()).await?;
+        tokio::spawn(api);
+    }
+    let result = loop {
+        let side = *live.borrow();
+        let pipeline = &pipelines[usize::from(side == Side::Shadow)];
+        // The pipeline stops on shutdown, or when a cutover makes the other side live.
+        let (pipeline_stop, pipeline_shutdown) = watch::channel(false);
+        let relay = {
+            let (mut shutdown, mut live) = (shutdown.clone(), live.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => {}
+                    _ = live.wait_for(|now| *now != side) => {}
+                }
+                let _ = pipeline_stop.send(true);
+            })
+        };
+        running_sender.send_replace(Some(side));
+        tracing::info!(pipeline = %pipeline.pipeline.name, live = side.name(), "running the pipeline out of the live database");
+        let health = (side == Side::Shadow).then_some(&reverse_health);
+        let result = run_with_retries(pipeline, pipeline_shutdown, touched.clone().filter(|_| side == Side::Old), health).await;
+        running_sender.send_replace(None);
+        relay.abort();
+        if *shutdown.borrow() || *live.borrow() == side {
+            break result;
+        }
+    };
+    controller.abort();
+    result
+}
+
+async fn start_controller(
+    file: &config::PipelineFile,
+    running: watch::Receiver<Option<Side>>,
+    touched: Option<Touched>,
+    reverse_health: ReverseHealth,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(Controller, watch::Receiver<Side>)> {
     let mut backoff = Backoff::default();
     loop {
         let started = std::time::Instant::now();
-        let result = crate::runtime::run(&file, shutdown.clone()).await;
+        match Controller::start(file, running.clone(), touched.clone(), reverse_health.clone(), shutdown.clone()).await {
+            Ok(started) => return Ok(started),
+            Err(error) if is_transient(&error) && !*shutdown.borrow() => {
+                let delay = backoff.next(started.elapsed());
+                tracing::warn!(error = %format!("{error:#}"), retry_in_ms = delay.as_millis() as u64, "cannot reach the shadow; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Runs one pipeline until it is stopped, resuming from the checkpoint after transient errors.
+async fn run_with_retries(
+    file: &config::PipelineFile,
+    shutdown: watch::Receiver<bool>,
+    touched: Option<Touched>,
+    health: Option<&ReverseHealth>,
+) -> anyhow::Result<ExitCode> {
+    let mut backoff = Backoff::default();
+    loop {
+        let started = std::time::Instant::now();
+        let result = crate::runtime::run(file, shutdown.clone(), touched.clone()).await;
         let Err(error) = result else { return Ok(ExitCode::SUCCESS) };
         let message = format!("{error:#}");
-        record_error(&file, &message).await;
+        record_error(file, &message).await;
+        if let Some(health) = health {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                health.healthy();
+            }
+            health.failed();
+        }
         if !is_transient(&error) || *shutdown.borrow() {
             return Err(error);
         }
@@ -60,6 +138,17 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
             _ = waiting.wait_for(|stop| *stop) => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// `switchyard cutover` / `switchback` / `cutover --abort` / `cutover --rehearse`.
+pub async fn cutover(path: &Path, request: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let file = load(path)?;
+    crate::cutover::request_and_follow(&file, request, json).await
+}
+
+pub async fn plan(path: &Path) -> anyhow::Result<ExitCode> {
+    let file = load(path)?;
+    crate::cutover::print_plan(&file).await
 }
 
 /// Whether an error is worth retrying: a connector said so, or a connection broke.

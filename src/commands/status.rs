@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::registry::{self, slot};
 
 #[derive(Serialize, Default)]
-struct Status {
+pub struct Status {
     pipeline: String,
     source: String,
     target: String,
@@ -21,10 +21,21 @@ struct Status {
     tables: Vec<TableCopy>,
     verification: Option<switchyard_postgres::checkpoint::VerificationRecord>,
     last_error: Option<String>,
+    /// Where cutover stands: which side is live, what is in progress, how the last one ended.
+    cutover: Option<CutoverStatus>,
+}
+
+#[derive(Serialize, Default)]
+pub struct CutoverStatus {
+    pub live: String,
+    pub operation: Option<String>,
+    pub phase: String,
+    pub outcome: Option<String>,
+    pub report: serde_json::Value,
 }
 
 #[derive(Serialize)]
-struct TableCopy {
+pub struct TableCopy {
     table: String,
     chunks_done: usize,
     chunks: usize,
@@ -33,6 +44,31 @@ struct TableCopy {
 
 pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let file = super::load(path)?;
+    let mut status = gather(&file).await?;
+    // After a cutover the pipeline that runs is the way back; show it too.
+    if status.cutover.as_ref().is_some_and(|c| c.live == "shadow") {
+        let mut back = gather(&crate::cutover::way_back(&file)).await?;
+        back.cutover = None;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "forward": status, "reverse": back }))?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        print(&status)?;
+        println!();
+        print(&back)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    status.cutover.take_if(|c| c.operation.is_none());
+    print(&status)
+}
+
+/// Where a pipeline stands, read from both databases.
+pub async fn gather(file: &crate::config::PipelineFile) -> anyhow::Result<Status> {
+    let file = file.clone();
     let endpoints = registry::endpoints(&file)?;
     let mut status = Status {
         pipeline: file.pipeline.name.clone(),
@@ -85,11 +121,21 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             status.tables = tables;
             status.verification = store.load_verification(&target).await.ok().flatten();
         }
+        if !file.reversed {
+            let record = store.load_cutover(&target).await?;
+            status.cutover = Some(CutoverStatus {
+                live: record.live,
+                operation: record.operation,
+                phase: record.phase,
+                outcome: record.outcome,
+                report: serde_json::from_str(&record.report).unwrap_or_default(),
+            });
+        }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(status)
+}
+
+fn print(status: &Status) -> anyhow::Result<ExitCode> {
     println!("pipeline   {}", status.pipeline);
     println!("source     {}", status.source);
     println!("target     {}", status.target);
@@ -131,6 +177,11 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(error) = &status.last_error {
         println!("last error {error}");
+    }
+    if let Some(cutover) = &status.cutover {
+        let doing = if cutover.phase == "idle" { String::new() } else { format!(", {} at {}", cutover.operation.as_deref().unwrap_or("?"), cutover.phase) };
+        let last = cutover.outcome.as_ref().map(|o| format!(", last {}: {o}", cutover.operation.as_deref().unwrap_or("?"))).unwrap_or_default();
+        println!("cutover    the {} database is live{doing}{last}", cutover.live);
     }
     Ok(ExitCode::SUCCESS)
 }

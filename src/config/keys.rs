@@ -5,7 +5,7 @@ use toml::Value;
 
 use super::Problem;
 
-const TOP: &[&str] = &["pipeline", "source", "target", "transform", "snapshot", "apply", "verify"];
+const TOP: &[&str] = &["pipeline", "source", "target", "transform", "snapshot", "apply", "verify", "cutover"];
 const PIPELINE: &[&str] = &["name"];
 const SOURCE: &[&str] = &["type", "url", "tables", "slot", "publication"];
 const TARGET: &[&str] = &["type", "url", "checkpoint_schema"];
@@ -13,6 +13,26 @@ const SNAPSHOT: &[&str] = &["parallel", "chunk_rows"];
 const APPLY: &[&str] = &["max_batch_changes"];
 const VERIFY: &[&str] =
     &["chunk_rows", "show_differences", "settle_seconds", "rules", "continuous", "continuous_chunk_rows", "rows_per_second", "full_pass_minutes"];
+const CUTOVER: &[&str] = &[
+    "max_lag_seconds",
+    "drain_timeout_seconds",
+    "require_verified",
+    "fence",
+    "read_only_roles",
+    "hook",
+    "pgbouncer",
+    "auto_switchback",
+];
+const PGBOUNCER: &[&str] = &["admin_url", "database", "config"];
+const AUTO_SWITCHBACK: &[&str] = &[
+    "enabled",
+    "watch_minutes",
+    "max_reverse_lag_seconds",
+    "reverse_failures",
+    "health_check",
+    "health_failures",
+    "health_interval_seconds",
+];
 const RULE: &[&str] = &["table", "name", "check"];
 
 fn transform_keys(kind: Option<&str>) -> &'static [&'static str] {
@@ -32,9 +52,14 @@ pub fn unknown_keys(document: &Value) -> Vec<Problem> {
     let mut problems = Vec::new();
     let Some(top) = document.as_table() else { return problems };
     check_table(top, TOP, "", &mut problems);
-    for (section, known) in [("pipeline", PIPELINE), ("source", SOURCE), ("target", TARGET), ("snapshot", SNAPSHOT), ("apply", APPLY), ("verify", VERIFY)] {
+    for (section, known) in [("pipeline", PIPELINE), ("source", SOURCE), ("target", TARGET), ("snapshot", SNAPSHOT), ("apply", APPLY), ("verify", VERIFY), ("cutover", CUTOVER)] {
         if let Some(table) = top.get(section).and_then(Value::as_table) {
             check_table(table, known, section, &mut problems);
+        }
+    }
+    for (section, known) in [("pgbouncer", PGBOUNCER), ("auto_switchback", AUTO_SWITCHBACK)] {
+        if let Some(table) = top.get("cutover").and_then(|c| c.get(section)).and_then(Value::as_table) {
+            check_table(table, known, &format!("cutover.{section}"), &mut problems);
         }
     }
     let rules = top.get("verify").and_then(|v| v.get("rules")).and_then(Value::as_array);

@@ -15,6 +15,12 @@ pub struct PipelineFile {
     pub apply: ApplySection,
     #[serde(default)]
     pub verify: VerifySection,
+    #[serde(default)]
+    pub cutover: CutoverSection,
+    /// Set on the pipeline Switchyard derives for switch-back (shadow -> old database): its
+    /// transforms are the inverses of `transforms`, in reverse order. Never read from a file.
+    #[serde(skip)]
+    pub reversed: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -171,6 +177,112 @@ impl Default for VerifySection {
             continuous_chunk_rows: 10_000,
             rows_per_second: 200_000,
             full_pass_minutes: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CutoverSection {
+    /// Gate: a probe written on the live side must be applied on the other within this.
+    pub max_lag_seconds: f64,
+    /// The fence mark must be applied within this after the fence, or the cutover rolls back.
+    pub drain_timeout_seconds: f64,
+    /// Gate: continuous verification has finished a full pass and shows no differences.
+    pub require_verified: bool,
+    /// How writers are fenced: any of "pgbouncer", "read_only", "hook". Default: "pgbouncer"
+    /// when [cutover.pgbouncer] is set, otherwise "read_only"; "hook" too when `hook` is set.
+    pub fence: Vec<FenceMethod>,
+    /// The read_only fence sets these roles read-only; empty: the whole database.
+    pub read_only_roles: Vec<String>,
+    /// A command run (by `sh -c`) to fence, unfence and switch traffic; see docs/cutover.md.
+    pub hook: String,
+    pub pgbouncer: PgBouncerSection,
+    pub auto_switchback: AutoSwitchbackSection,
+}
+
+impl Default for CutoverSection {
+    fn default() -> Self {
+        CutoverSection {
+            max_lag_seconds: 5.0,
+            drain_timeout_seconds: 30.0,
+            require_verified: true,
+            fence: Vec::new(),
+            read_only_roles: Vec::new(),
+            hook: String::new(),
+            pgbouncer: PgBouncerSection::default(),
+            auto_switchback: AutoSwitchbackSection::default(),
+        }
+    }
+}
+
+impl CutoverSection {
+    /// The fence methods in effect, defaults applied.
+    pub fn fence_methods(&self) -> Vec<FenceMethod> {
+        let mut methods = self.fence.clone();
+        if methods.is_empty() {
+            methods.push(if self.pgbouncer.is_set() { FenceMethod::Pgbouncer } else { FenceMethod::ReadOnly });
+            if !self.hook.is_empty() {
+                methods.push(FenceMethod::Hook);
+            }
+        }
+        methods
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceMethod {
+    Pgbouncer,
+    ReadOnly,
+    Hook,
+}
+
+/// PgBouncer in front of the application; empty strings mean "not used".
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgBouncerSection {
+    /// The admin console, e.g. postgres://pgbouncer@127.0.0.1:6432/pgbouncer
+    pub admin_url: String,
+    /// The database entry the application connects to.
+    pub database: String,
+    /// The pgbouncer.ini holding that entry; Switchyard rewrites its host, port and dbname.
+    pub config: String,
+}
+
+impl PgBouncerSection {
+    pub fn is_set(&self) -> bool {
+        !self.admin_url.is_empty()
+    }
+}
+
+/// Switching back on its own in a watch window after cutover; off by default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoSwitchbackSection {
+    pub enabled: bool,
+    /// How long after cutover the triggers are watched.
+    pub watch_minutes: f64,
+    /// Trigger: the reverse pipeline lags more than this (a probe on the shadow not applied).
+    pub max_reverse_lag_seconds: f64,
+    /// Trigger: the reverse pipeline fails this many times in a row.
+    pub reverse_failures: u32,
+    /// Trigger: this command (run by `sh -c`) fails `health_failures` times in a row.
+    pub health_check: String,
+    pub health_failures: u32,
+    pub health_interval_seconds: f64,
+}
+
+impl Default for AutoSwitchbackSection {
+    fn default() -> Self {
+        AutoSwitchbackSection {
+            enabled: false,
+            watch_minutes: 30.0,
+            max_reverse_lag_seconds: 30.0,
+            reverse_failures: 3,
+            health_check: String::new(),
+            health_failures: 3,
+            health_interval_seconds: 5.0,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use switchyard_core::TableId;
 
-use super::{FilterOp, PipelineFile, Problem, TransformSection};
+use super::{CutoverSection, FenceMethod, FilterOp, PipelineFile, Problem, TransformSection};
 
 pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -63,10 +63,42 @@ pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     if file.apply.max_batch_changes == 0 {
         problems.push(Problem::new("apply.max_batch_changes", "must be at least 1"));
     }
+    validate_cutover(&file.cutover, &mut problems);
     for (index, transform) in file.transforms.iter().enumerate() {
         validate_transform(&format!("transform[{index}]"), transform, &mut problems);
     }
     problems
+}
+
+fn validate_cutover(cutover: &CutoverSection, problems: &mut Vec<Problem>) {
+    for (path, seconds) in [("cutover.max_lag_seconds", cutover.max_lag_seconds), ("cutover.drain_timeout_seconds", cutover.drain_timeout_seconds)] {
+        if !(seconds > 0.0 && seconds <= 3600.0) {
+            problems.push(Problem::new(path, "must be between 0 and 3600 seconds"));
+        }
+    }
+    let bouncer = &cutover.pgbouncer;
+    let given = [("admin_url", &bouncer.admin_url), ("database", &bouncer.database), ("config", &bouncer.config)];
+    if given.iter().any(|(_, v)| !v.is_empty()) {
+        for (key, value) in given {
+            if value.is_empty() {
+                problems.push(Problem::new(
+                    format!("cutover.pgbouncer.{key}"),
+                    "is empty, but other cutover.pgbouncer keys are set: give admin_url, database and config together (or none)",
+                ));
+            }
+        }
+    }
+    let methods = cutover.fence_methods();
+    if methods.contains(&FenceMethod::Pgbouncer) && !bouncer.is_set() {
+        problems.push(Problem::new("cutover.fence", "names \"pgbouncer\" but [cutover.pgbouncer] admin_url is not set"));
+    }
+    if methods.contains(&FenceMethod::Hook) && cutover.hook.is_empty() {
+        problems.push(Problem::new("cutover.fence", "names \"hook\" but cutover.hook is not set"));
+    }
+    let auto = &cutover.auto_switchback;
+    if auto.enabled && auto.health_failures == 0 {
+        problems.push(Problem::new("cutover.auto_switchback.health_failures", "must be at least 1"));
+    }
 }
 
 fn validate_transform(path: &str, transform: &TransformSection, problems: &mut Vec<Problem>) {

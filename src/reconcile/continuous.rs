@@ -23,7 +23,7 @@ use crate::runtime::Shutdown;
 use crate::transform::{self, Shaper, TablePlan};
 
 /// A chunk: a source table and the low end of its key range (`None`: the whole table).
-type ChunkId = (TableId, Option<i64>);
+pub type ChunkId = (TableId, Option<i64>);
 
 /// Per table, per chunk low end: the commit time of the oldest change not yet verified there.
 type TouchedChunks = HashMap<TableId, HashMap<Option<i64>, i64>>;
@@ -74,6 +74,12 @@ impl Touched {
         }
     }
 
+    /// The chunks touched and not yet verified, left in place.
+    pub fn pending(&self) -> Vec<ChunkId> {
+        let chunks = self.chunks.lock().expect("touched lock");
+        chunks.iter().flat_map(|(table, los)| los.keys().map(move |lo| (table.clone(), *lo))).collect()
+    }
+
     fn take(&self) -> Vec<ChunkId> {
         let chunks = std::mem::take(&mut *self.chunks.lock().expect("touched lock"));
         chunks.into_iter().flat_map(|(table, los)| los.into_keys().map(move |lo| (table.clone(), lo))).collect()
@@ -115,7 +121,7 @@ async fn verify_forever(file: &PipelineFile, touched: &Touched) -> anyhow::Resul
     let target = PgDigest::connect(&endpoints.target).await?;
     let chunk_rows = file.verify.continuous_chunk_rows;
     let checker = Checker { file, source: &source, target: &target, slot: file.slot_name(), chunk_rows };
-    let mut shaper = Shaper::new(transform::from_config(&file.transforms));
+    let mut shaper = Shaper::new(transform::chain(file)?);
     let mut tables = HashMap::new();
     for table in crate::runtime::load_source_tables(source.client(), file).await? {
         let plan = shaper.plan(&table)?;

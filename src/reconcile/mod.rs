@@ -16,11 +16,13 @@
 //! rounds does not repeat identically.
 
 pub mod continuous;
+mod final_check;
 mod integrity;
 mod repair;
 mod report;
 mod rowsets;
 
+pub use final_check::{final_check, FinalCheck};
 pub use repair::repair;
 
 pub use report::{print_report, Difference, TableReport, VerifyReport};
@@ -49,7 +51,7 @@ pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Res
     let source = PgDigest::connect(&endpoints.source).await?;
     let target = PgDigest::connect(&endpoints.target).await?;
     let tables = crate::runtime::load_source_tables(source.client(), file).await?;
-    let mut shaper = Shaper::new(transform::from_config(&file.transforms));
+    let mut shaper = Shaper::new(transform::chain(file)?);
     let checker = Checker { file, source: &source, target: &target, slot: file.slot_name(), chunk_rows: file.verify.chunk_rows };
     let mut report = VerifyReport::default();
     let mut checked = Vec::new();

@@ -54,7 +54,7 @@ async fn write_repairs(
     let at = Position::Postgres(exported.lsn);
     let source = PgDigest::connect_at_snapshot(&endpoints.source, &exported.name).await?;
     let tables = crate::runtime::load_source_tables(source.client(), file).await?;
-    let mut shaper = Shaper::new(transform::from_config(&file.transforms));
+    let mut shaper = Shaper::new(transform::chain(file)?);
     let mut recorded: Vec<(TableId, Vec<Option<String>>)> = Vec::new();
     let mut written = 0;
     for table_report in report.tables.iter_mut().filter(|t| !t.differing_keys.is_empty()) {

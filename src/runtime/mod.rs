@@ -26,6 +26,7 @@ use switchyard_core::{Position, TableId, TableSchema, Value};
 use tokio::sync::watch;
 
 use crate::config::PipelineFile;
+use crate::reconcile::continuous::Touched;
 use crate::registry::{self, pg_catalog, CheckpointStore, Endpoints, PipelineRecord, TableInfo};
 use crate::transform::{self, Shaper};
 
@@ -43,22 +44,30 @@ pub(crate) struct Pipeline<'a> {
     /// The source tables as the catalog describes them, in configured order.
     pub tables: Vec<Arc<TableSchema>>,
     pub shutdown: Shutdown,
+    /// Chunks touched by applied changes, for continuous verification and the cutover's final
+    /// check; `None` when continuous verification is off.
+    pub touched: Option<Touched>,
 }
 
-pub async fn run(file: &PipelineFile, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touched>) -> anyhow::Result<()> {
     let endpoints = registry::endpoints(file)?;
     let source = endpoints.source.connect().await?;
     let mut target = endpoints.target.connect().await?;
     let store = registry::checkpoint_store(file);
     store.ensure(&target).await?;
     let tables = load_source_tables(&source, file).await?;
-    let mut shaper = Shaper::new(transform::from_config(&file.transforms));
+    let mut shaper = Shaper::new(transform::chain(file)?);
     for table in &tables {
         shaper.plan(table).with_context(|| format!("cannot plan table {}", table.id))?;
     }
-    let pipeline = Pipeline { file, endpoints, store, tables, shutdown };
+    let pipeline = Pipeline { file, endpoints, store, tables, shutdown, touched };
     let store = &pipeline.store;
     let record = match store.load(&target).await? {
+        // The way back starts where a cutover armed it; copying into the old database would be wrong.
+        None if file.reversed => bail!(
+            "the reverse pipeline {} has no checkpoint on the old database: it is armed by `switchyard cutover`",
+            file.pipeline.name
+        ),
         None => snapshot::initial(&pipeline, &source, &mut target, &mut shaper).await?,
         Some(record) if record.phase == PHASE_SNAPSHOT => snapshot::resume(&pipeline, &source, &target, &mut shaper, record).await?,
         Some(record) => record,

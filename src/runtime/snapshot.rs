@@ -129,7 +129,7 @@ async fn copy(
     chunks: Vec<ChunkRecord>,
     estimates: &HashMap<TableId, i64>,
 ) -> anyhow::Result<()> {
-    let Pipeline { file, endpoints, store, tables, shutdown } = pipeline;
+    let Pipeline { file, endpoints, store, tables, shutdown, .. } = pipeline;
     let mut plans = HashMap::new();
     for table in tables {
         plans.insert(table.id.clone(), shaper.plan(table)?);

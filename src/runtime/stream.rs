@@ -30,7 +30,7 @@ pub(super) async fn follow(
     start: Position,
     repairs_version: i64,
 ) -> anyhow::Result<()> {
-    let Pipeline { file, endpoints, store, tables, shutdown } = pipeline;
+    let Pipeline { file, endpoints, store, tables, shutdown, touched } = pipeline;
     let options = FollowOptions { max_batch_changes: file.apply.max_batch_changes };
     let Position::Postgres(lsn) = start;
     wait_for_slot_release(&source_client, &file.slot_name()).await?;
@@ -39,18 +39,17 @@ pub(super) async fn follow(
         .source
         .replication()
         .await?
-        .start_logical(&file.slot_name(), lsn, &[("publication_names", publication.as_str())])
+        .start_logical(&file.slot_name(), lsn, &[("publication_names", publication.as_str()), ("messages", "true")])
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
     let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
     let mut sink = PgSink::new(target_client, store.clone());
     sink.expect_repairs(repairs_version);
     tracing::info!(position = %start, "following the change stream");
-    let touched = file.verify.continuous.then(|| crate::reconcile::continuous::Touched::new(file.verify.continuous_chunk_rows));
     let verifier = touched
         .clone()
         .map(|touched| tokio::spawn(crate::reconcile::continuous::run((*file).clone(), touched, shutdown.clone())));
-    let result = apply_loop(source, sink, shaper, seam, acknowledge, options, touched, shutdown.clone()).await;
+    let result = apply_loop(source, sink, shaper, seam, acknowledge, options, touched.clone(), shutdown.clone()).await;
     if let Some(verifier) = verifier {
         verifier.abort();
     }
@@ -204,6 +203,7 @@ impl Report {
     fn applied(&mut self, changes: usize, position: &Position, commit_micros: i64) {
         self.changes += changes as u64;
         self.transactions += 1;
+        crate::api::record_applied(changes as u64);
         let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if due {
             let now_micros = std::time::SystemTime::now()

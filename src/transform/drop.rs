@@ -1,6 +1,6 @@
 use switchyard_core::TableId;
 
-use super::{error, Shape, TableSet, Transform, TransformError};
+use super::{error, Origin, Shape, TableSet, Transform, TransformError};
 
 /// Leaves a column out of the target.
 #[derive(Clone, Debug)]
@@ -12,6 +12,17 @@ pub struct DropColumn {
 impl DropColumn {
     pub fn new(tables: TableSet, column: &str) -> Self {
         DropColumn { tables, column: column.to_string() }
+    }
+}
+
+/// A key column may be left out when every row passing has the same value in it: an attached
+/// constant, or (on the way back) a column a filter holds to one value, such as `tenant_id`.
+fn pinned(shape: &Shape, index: usize) -> bool {
+    match shape.columns[index].origin {
+        Origin::Constant(_) => true,
+        Origin::Source(column) => {
+            shape.filters.iter().any(|f| f.source_column == column && matches!(f.test, super::filter::Test::Equals(_)))
+        }
     }
 }
 
@@ -28,7 +39,7 @@ impl Transform for DropColumn {
         let Some(index) = shape.column(&self.column) else {
             return Err(error(self, format!("{} has no column {}", shape.table, self.column)));
         };
-        if shape.key.contains(&index) && !matches!(shape.columns[index].origin, super::Origin::Constant(_)) {
+        if shape.key.contains(&index) && !pinned(shape, index) {
             return Err(error(self, format!("{} is part of the key of {}; a key column cannot be dropped", self.column, shape.table)));
         }
         shape.columns.remove(index);

@@ -20,7 +20,7 @@ pub use rename::{RenameColumn, RenameTable};
 
 use switchyard_core::{TableId, Value};
 
-use crate::config::{TransformSection};
+use crate::config::{PipelineFile, TransformSection};
 
 /// Where a target column's value comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,6 +119,24 @@ pub fn from_config(sections: &[TransformSection]) -> Vec<Box<dyn Transform>> {
             }
         })
         .collect()
+}
+
+/// The transforms a pipeline applies: as declared, or, for the derived way back (switch-back),
+/// each one's inverse in reverse order. A transform without an inverse makes the way back an
+/// error that names it.
+pub fn chain(file: &PipelineFile) -> Result<Vec<Box<dyn Transform>>, TransformError> {
+    let declared = from_config(&file.transforms);
+    if !file.reversed {
+        return Ok(declared);
+    }
+    let mut inverted = Vec::new();
+    for transform in declared.iter().rev() {
+        let inverse = transform
+            .inverse()
+            .ok_or_else(|| error(transform.as_ref(), "has no inverse, so nothing can be carried back to the old database"))?;
+        inverted.extend(inverse);
+    }
+    Ok(inverted)
 }
 
 fn error(transform: &dyn Transform, message: impl Into<String>) -> TransformError {

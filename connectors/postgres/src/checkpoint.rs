@@ -68,11 +68,25 @@ impl CheckpointStore {
         &self.schema
     }
 
-    fn table(&self, name: &str) -> String {
+    pub(crate) fn table(&self, name: &str) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
     }
 
     pub async fn ensure(&self, client: &Client) -> Result<(), ConnectorError> {
+        // ALTER TABLE takes an exclusive lock even when it changes nothing, and would queue
+        // behind (and then block) the apply transactions holding the checkpoint row: skip the
+        // DDL when the newest piece of the schema is there already.
+        let current: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'handled_seq')",
+                &[&self.table("cutovers")],
+            )
+            .await
+            .context(|| "cannot look for the checkpoint schema".into())?
+            .get(0);
+        if current {
+            return Ok(());
+        }
         let sql = format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {pipelines} (
@@ -116,12 +130,25 @@ impl CheckpointStore {
                                         ADD COLUMN IF NOT EXISTS incremental_seconds double precision NOT NULL DEFAULT 0,
                                         ADD COLUMN IF NOT EXISTS incremental_chunks bigint NOT NULL DEFAULT 0,
                                         ADD COLUMN IF NOT EXISTS full_pass_rows bigint NOT NULL DEFAULT 0,
-                                        ADD COLUMN IF NOT EXISTS incremental_rows bigint NOT NULL DEFAULT 0;",
+                                        ADD COLUMN IF NOT EXISTS incremental_rows bigint NOT NULL DEFAULT 0;
+             CREATE TABLE IF NOT EXISTS {cutovers} (
+                 pipeline text PRIMARY KEY,
+                 live text NOT NULL DEFAULT 'old',
+                 operation text,
+                 phase text NOT NULL DEFAULT 'idle',
+                 requested text,
+                 outcome text,
+                 mark_position text,
+                 report text NOT NULL DEFAULT '{{}}',
+                 request_seq bigint NOT NULL DEFAULT 0,
+                 handled_seq bigint NOT NULL DEFAULT 0,
+                 updated_at timestamptz NOT NULL DEFAULT now());",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
             repairs = self.table("repairs"),
             verification = self.table("verification"),
+            cutovers = self.table("cutovers"),
         );
         client.batch_execute(&sql).await.context(|| {
             format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)
@@ -392,6 +419,27 @@ impl CheckpointStore {
         let sql = format!("UPDATE {} SET last_error = $1, updated_at = now() WHERE name = $2", self.table("pipelines"));
         client.execute(&sql, &[&error, &self.pipeline]).await.context(|| "cannot record the last error".into())?;
         Ok(())
+    }
+
+    /// Starts the record over at `at`, streaming with nothing to copy: a pipeline re-armed at
+    /// a cutover or switch-back, whose slot was created at `at` with both sides equal.
+    pub async fn restart_at(&self, client: &mut Client, slot: &str, publication: &str, at: &Position) -> Result<(), ConnectorError> {
+        let txn = client.transaction().await.context(|| "cannot begin".into())?;
+        for table in ["snapshot_chunks", "repairs"] {
+            let sql = format!("DELETE FROM {} WHERE pipeline = $1", self.table(table));
+            txn.execute(&sql, &[&self.pipeline]).await.context(|| "cannot clear the old checkpoint".into())?;
+        }
+        let sql = format!(
+            "INSERT INTO {} (name, phase, slot, publication, snapshot_position, applied_position)
+             VALUES ($1, 'streaming', $2, $3, $4, $4)
+             ON CONFLICT (name) DO UPDATE SET phase = 'streaming', slot = $2, publication = $3, snapshot_position = $4,
+                 applied_position = $4, applied_commit_micros = NULL, last_error = NULL, updated_at = now()",
+            self.table("pipelines")
+        );
+        txn.execute(&sql, &[&self.pipeline, &slot, &publication, &at.encode()])
+            .await
+            .context(|| format!("cannot record pipeline {}", self.pipeline))?;
+        txn.commit().await.context(|| "cannot commit the pipeline record".into())
     }
 
     /// Forgets this pipeline (teardown).

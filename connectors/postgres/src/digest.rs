@@ -162,6 +162,14 @@ impl PgDigest {
     }
 
     /// The rows of a row set, columns in its order.
+    pub async fn count(&self, rows: &RowSet) -> Result<i64, ConnectorError> {
+        let conditions_only = RowSet { columns: Vec::new(), ..rows.clone() };
+        let query = Query::build(&conditions_only);
+        let sql = format!("SELECT count(*){}", query.from_where);
+        let row = self.client.query_one(&sql, &query.params()).await.context(|| format!("cannot count the rows of {}", rows.table))?;
+        Ok(row.get(0))
+    }
+
     pub async fn rows(&self, rows: &RowSet) -> Result<Vec<Vec<Value>>, ConnectorError> {
         let query = Query::build(rows);
         let sql = format!("SELECT {}{}", if query.columns.is_empty() { "1".into() } else { query.columns.join(", ") }, query.from_where);

@@ -34,6 +34,11 @@ impl Endpoint {
         if config.get_application_name().is_none() {
             config.application_name("switchyard");
         }
+        // A cutover fences the old database read-only; Switchyard's own sessions (the reverse
+        // pipeline's apply, the fence mark) must still write, and startup options outrank the
+        // database's and roles' settings.
+        let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        config.options(format!("{options}-c default_transaction_read_only=off"));
         if config.get_password().is_none() {
             if let Some(password) = password_from_environment(&config) {
                 config.password(password);
@@ -53,6 +58,19 @@ impl Endpoint {
 
     pub fn database(&self) -> &str {
         self.config.get_dbname().unwrap_or_else(|| self.user())
+    }
+
+    /// Where the server listens, as a connection pooler's entry would name it: the first TCP
+    /// host (or socket directory) and port, and the database.
+    pub fn address(&self) -> crate::pgbouncer::Address {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        crate::pgbouncer::Address { host, port, dbname: self.database().to_string() }
     }
 
     pub async fn connect(&self) -> Result<Client, ConnectorError> {

@@ -5,13 +5,17 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod copy_text;
+pub mod cutover_state;
 pub mod digest;
 pub mod endpoint;
 pub mod error;
+pub mod fence;
 pub mod load;
 pub mod ident;
 pub mod integrity;
+pub mod pgbouncer;
 pub mod pgoutput;
+pub mod sequences;
 pub mod sink;
 pub mod slot;
 pub mod snapshot;

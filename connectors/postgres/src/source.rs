@@ -55,6 +55,9 @@ struct OpenTransaction {
     skip: bool,
     changes: Vec<Change>,
     split: bool,
+    /// Carries a Switchyard mark (a probe or a cutover's fence): applied even though empty, so
+    /// the checkpoint shows the consumer has passed it.
+    marked: bool,
 }
 
 impl PgSource {
@@ -100,11 +103,12 @@ impl PgSource {
                     skip: final_lsn < self.resume_after,
                     changes: Vec::new(),
                     split: false,
+                    marked: false,
                 });
             }
             Message::Commit { end_lsn, commit_time, .. } => {
                 let txn = self.open.take().ok_or_else(|| protocol_error("Commit without Begin"))?;
-                if txn.skip || (txn.changes.is_empty() && !txn.split) {
+                if txn.skip || (txn.changes.is_empty() && !txn.split && !txn.marked) {
                     self.note_idle(end_lsn);
                     return Ok(None);
                 }
@@ -146,6 +150,11 @@ impl PgSource {
                 let tables = relations.iter().map(|&oid| self.relation(oid)).collect::<Result<Vec<_>, _>>()?;
                 let only_where = vec![Vec::new(); tables.len()];
                 self.push(Change::Truncate { tables, only_where, cascade: options & 1 != 0, restart_identity: options & 2 != 0 });
+            }
+            Message::Message { transactional: true, prefix, .. } if prefix == crate::fence::MESSAGE_PREFIX => {
+                if let Some(txn) = self.open.as_mut() {
+                    txn.marked = true;
+                }
             }
             Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => {}
         }

@@ -12,6 +12,8 @@
 //! tools (`initdb`, `pg_ctl`, hence `postgres`) run as the `postgres` OS user
 //! through `runuser -u postgres --`; client tools (`psql`, `pgbench`, …) run as
 //! the caller.
+//!
+//! [`PgBouncer`] puts a private PgBouncer in front of clusters (see `pgbouncer.rs`).
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
@@ -26,6 +28,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod pgbouncer;
+pub use pgbouncer::PgBouncer;
 
 /// Extra knobs for [`PgCluster::start_with`].
 #[derive(Clone, Debug, Default)]
