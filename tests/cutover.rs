@@ -77,6 +77,7 @@ fn an_application_through_pgbouncer_sees_no_error_across_cutover_and_switchback(
     std::thread::sleep(Duration::from_secs(6));
 
     let output = operate(&["cutover"], &pipeline, &mut process);
+    eprintln!("cutover under load:\n{output}");
     assert!(output.contains("outcome: completed; live: the shadow database"), "{output}");
     assert!(output.contains("writes held"), "{output}");
     // The application now writes to the shadow: its new rows get the tenant (the column's default)
@@ -292,5 +293,35 @@ fn the_api_refuses_actions_without_a_token_and_serves_status_and_metrics() {
     for name in ["switchyard_lag_bytes{", "switchyard_verification_fraction{", "switchyard_cutover_in_progress{pipeline=\"api\"} 0", "switchyard_changes_applied_total{"] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    process.stop();
+}
+
+#[test]
+fn a_failing_health_check_after_cutover_switches_back_on_its_own() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 100, 2);
+    let unhealthy = pair.dir.path().join("unhealthy");
+    let auto = format!(
+        "[cutover.auto_switchback]\nenabled = true\nhealth_check = \"test ! -e {}\"\nhealth_failures = 2\nhealth_interval_seconds = 0.5\n",
+        unhealthy.display()
+    );
+    let pipeline = pair.pipeline("watched", &cutover_section(&auto));
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_watched", &mut process);
+    wait_verified(&pair, &mut process);
+    let output = operate(&["cutover"], &pipeline, &mut process);
+    assert!(output.contains("outcome: completed; live: the shadow database"), "{output}");
+    // Healthy: nothing happens for a while.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pair.target.psql("app", "SELECT live FROM switchyard.cutovers"), "shadow");
+    pair.target.psql("app", "INSERT INTO users (email) VALUES ('while-shadow@example.com')");
+    std::fs::write(&unhealthy, "").unwrap();
+    wait_for(&pair.target, "SELECT live || ' ' || phase || ' ' || operation FROM switchyard.cutovers", "old idle switchback", 60, &mut process);
+    let report: serde_json::Value = serde_json::from_str(&pair.target.psql("app", "SELECT report FROM switchyard.cutovers")).unwrap();
+    assert_eq!(report["trigger"], "the health check failed 2 times in a row", "{report}");
+    assert_eq!(report["outcome"], "completed", "{report}");
+    pair.wait_caught_up("switchyard_watched", &mut process);
+    assert_tenantized_equal(&pair);
     process.stop();
 }
