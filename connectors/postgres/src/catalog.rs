@@ -5,6 +5,7 @@ use switchyard_core::{Column, ConnectorError, TableId, TableSchema};
 use tokio_postgres::Client;
 
 use crate::error::PgResultExt;
+use crate::ident::quote_table;
 
 #[derive(Clone, Debug)]
 pub struct TableInfo {
@@ -149,4 +150,53 @@ pub fn untransferable_type(type_name: &str) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// What a target table says about reordering changes (see `grouping`).
+pub struct ReorderTies {
+    /// A unique index on other columns than `key`, an exclusion constraint, or a foreign key to
+    /// itself that is checked at once: its changes keep their order among themselves.
+    pub ordered: bool,
+    /// Tables it is linked to by a foreign key checked at once, either way.
+    pub linked: Vec<TableId>,
+}
+
+pub async fn reorder_ties(client: &Client, table: &TableId, key: &[&str]) -> Result<ReorderTies, ConnectorError> {
+    let name = quote_table(table);
+    let unique = client
+        .query(
+            "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+              WHERE i.indrelid = $1::text::regclass AND i.indisunique
+              GROUP BY i.indexrelid",
+            &[&name],
+        )
+        .await
+        .context(|| format!("cannot read the unique indexes of {table}"))?;
+    let mut key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    key.sort();
+    let other_unique = unique.iter().any(|row| row.get::<_, Vec<String>>(0) != key);
+    let constraints = client
+        .query(
+            "SELECT c.contype::text, n.nspname::text, o.relname::text
+               FROM pg_constraint c
+               JOIN pg_class o ON o.oid = CASE WHEN c.contype = 'x' THEN c.conrelid WHEN c.conrelid = $1::text::regclass THEN c.confrelid ELSE c.conrelid END
+               JOIN pg_namespace n ON n.oid = o.relnamespace
+              WHERE (c.conrelid = $1::text::regclass OR c.confrelid = $1::text::regclass)
+                AND ((c.contype = 'f' AND NOT c.condeferrable) OR c.contype = 'x')",
+            &[&name],
+        )
+        .await
+        .context(|| format!("cannot read the constraints of {table}"))?;
+    let mut ordered = other_unique;
+    let mut linked = Vec::new();
+    for row in constraints {
+        let other = TableId::new(row.get::<_, String>(1), row.get::<_, String>(2));
+        if row.get::<_, String>(0) == "x" || other == *table {
+            ordered = true;
+        } else {
+            linked.push(other);
+        }
+    }
+    Ok(ReorderTies { ordered, linked })
 }

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
+pub mod grouping;
 pub mod load;
 pub mod ident;
 pub mod integrity;

@@ -1,11 +1,13 @@
 //! Applying change batches to a PostgreSQL target.
 //!
-//! A batch becomes a few set-based statements, not one round trip per row: consecutive changes
-//! of the same kind to the same table with the same columns form a *run*, and each run is one
+//! A batch becomes a few set-based statements, not one round trip per row: changes of the same
+//! kind to the same table with the same columns form a group (see `grouping`: across the
+//! batch's source transactions wherever the target's constraints allow), and each group is one
 //! statement over `unnest` of one text array per column (values cast by the target column's own
 //! type, i.e. through its input function, so every value arrives exactly as the source printed
 //! it). The statements of a batch are sent pipelined, in order, inside one target transaction
-//! that also advances the checkpoint; per-key order holds because a run never touches a key twice.
+//! that also advances the checkpoint; per-key order holds because a group never touches a key
+//! twice and a key touched again starts a new segment.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio_postgres::{Client, Statement};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::CheckpointStore;
 use crate::error::PgResultExt;
+use crate::grouping::{self, Kind as RunKind};
 use crate::ident::{quote_ident, quote_table};
 
 pub struct PgSink {
@@ -28,6 +31,9 @@ pub struct PgSink {
     /// Apply plans by shaped schema; the `Arc` is kept so its address is never reused.
     plans: HashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
     statements: HashMap<String, Statement>,
+    /// How target tables constrain reordering a batch's changes (learned per table).
+    ties: grouping::Ties,
+    tied_known: HashSet<TableId>,
     in_transaction: bool,
     /// The repairs version this sink's batches were filtered against (see `expect_repairs`).
     repairs_version: Option<i64>,
@@ -52,6 +58,8 @@ impl PgSink {
             targets: HashMap::new(),
             plans: HashMap::new(),
             statements: HashMap::new(),
+            ties: grouping::Ties::default(),
+            tied_known: HashSet::new(),
             in_transaction: false,
             repairs_version: None,
         }
@@ -78,6 +86,18 @@ impl PgSink {
         }
         let target = self.target(&shaped.id).await?;
         let plan = Arc::new(plan_for(shaped, target)?);
+        if !self.tied_known.contains(&shaped.id) {
+            let key: Vec<&str> = plan.key.iter().map(|&k| plan.column_names[k].as_str()).collect();
+            let ties = catalog::reorder_ties(&self.client, &shaped.id, &key).await?;
+            if ties.ordered {
+                self.ties.ordered.insert(shaped.id.clone());
+            }
+            for other in ties.linked {
+                self.ties.linked.insert((shaped.id.clone(), other.clone()));
+                self.ties.linked.insert((other, shaped.id.clone()));
+            }
+            self.tied_known.insert(shaped.id.clone());
+        }
         self.plans.insert(address, (shaped.clone(), plan.clone()));
         Ok(plan)
     }
@@ -104,7 +124,9 @@ impl PgSink {
         let lock = self.statement(self.store.lock_sql()).await?;
         let pipeline = self.store.pipeline().to_string();
         let params: [&(dyn ToSql + Sync); 1] = [&pipeline];
-        let (begun, locked) = tokio::join!(self.client.batch_execute("BEGIN"), self.client.query_opt(&lock, &params));
+        // Deferrable foreign keys are checked at commit, so grouping may reorder across them.
+        let (begun, locked) =
+            tokio::join!(self.client.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED"), self.client.query_opt(&lock, &params));
         begun.context(|| "cannot begin a target transaction".into())?;
         self.in_transaction = true;
         let row = locked.context(|| "cannot lock the pipeline's checkpoint".into())?;
@@ -161,22 +183,30 @@ impl PgSink {
                     index += 1;
                 }
                 _ => {
-                    let run = next_run(&changes[index..]);
-                    let table = changes[index].table().expect("row changes have a table").clone();
-                    let plan = self.plan(&table).await?;
-                    let prepared = self.prepare_run(&plan, &changes[index..index + run.len], run.kind).await?;
-                    pending.push(prepared);
-                    index += run.len;
+                    let rows = changes[index..]
+                        .iter()
+                        .take_while(|c| matches!(c, Change::Insert { .. } | Change::Update { .. } | Change::Delete { .. }))
+                        .count();
+                    let slice = &changes[index..index + rows];
+                    for change in slice {
+                        self.plan(change.table().expect("row changes have a table")).await?;
+                    }
+                    for group in grouping::group(slice, &self.ties) {
+                        let members: Vec<&Change> = group.changes.iter().map(|&i| &slice[i]).collect();
+                        let plan = self.plan(members[0].table().expect("row change")).await?;
+                        pending.push(self.prepare_run(&plan, &members, group.kind).await?);
+                    }
+                    index += rows;
                 }
             }
         }
         self.flush(&mut pending).await
     }
 
-    async fn prepare_run(&mut self, plan: &ApplyPlan, changes: &[Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
+    async fn prepare_run(&mut self, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
         let (sql, columns) = match kind {
             RunKind::Insert => insert_sql(plan),
-            RunKind::Update => update_sql(plan, &present_columns(&changes[0])),
+            RunKind::Update => update_sql(plan, &present_columns(changes[0])),
             RunKind::Delete => delete_sql(plan),
         };
         let statement = self.statement(sql).await?;
@@ -354,67 +384,6 @@ pub fn plan_for(shaped: &TableSchema, target: &TableInfo) -> Result<ApplyPlan, C
     })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RunKind {
-    Insert,
-    Update,
-    Delete,
-}
-
-struct Run {
-    kind: RunKind,
-    len: usize,
-}
-
-/// The longest prefix of `changes` that one statement can apply: same kind, same table schema,
-/// (for updates) the same unchanged columns, and no key touched twice.
-fn next_run(changes: &[Change]) -> Run {
-    let first = &changes[0];
-    let kind = run_kind(first).expect("called on a row change");
-    let table = first.table().expect("row change");
-    let shape = present_columns(first);
-    let mut keys: HashSet<Vec<Value>> = HashSet::new();
-    let mut len = 0;
-    for change in changes {
-        if run_kind(change) != Some(kind) || !Arc::ptr_eq(change.table().expect("row change"), table) {
-            break;
-        }
-        if kind == RunKind::Update && present_columns(change) != shape {
-            break;
-        }
-        let touched = touched_keys(change);
-        if touched.iter().any(|k| keys.contains(k)) {
-            break;
-        }
-        keys.extend(touched);
-        len += 1;
-    }
-    Run { kind, len }
-}
-
-fn run_kind(change: &Change) -> Option<RunKind> {
-    match change {
-        Change::Insert { .. } => Some(RunKind::Insert),
-        Change::Update { .. } => Some(RunKind::Update),
-        Change::Delete { .. } => Some(RunKind::Delete),
-        _ => None,
-    }
-}
-
-fn touched_keys(change: &Change) -> Vec<Vec<Value>> {
-    match change {
-        Change::Insert { table, row } => vec![table.key.iter().map(|&i| row[i].clone()).collect()],
-        Change::Update { table, old_key, row } => {
-            let mut keys = vec![table.key.iter().map(|&i| row[i].clone()).collect()];
-            keys.extend(old_key.clone());
-            keys
-        }
-        Change::Delete { key, .. } => vec![key.clone()],
-        _ => Vec::new(),
-    }
-}
-
-/// Which columns of an update carry a value (the rest are unchanged TOAST).
 fn present_columns(change: &Change) -> Vec<bool> {
     match change {
         Change::Update { row, .. } => row.iter().map(|v| *v != Value::Unchanged).collect(),
