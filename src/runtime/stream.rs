@@ -1,11 +1,12 @@
 //! Following the change stream: read, filter at the seam, transform, apply with the checkpoint,
 //! acknowledge.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use switchyard_core::{Change, ChangeBatch, Position, Sink, Source};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::seam::Seam;
 use crate::reconcile::continuous::Touched;
@@ -18,8 +19,47 @@ struct FollowOptions {
     pub max_batch_changes: usize,
 }
 
-/// Batches read ahead of the one being applied: decoding overlaps applying, memory stays bounded.
+/// Changes read ahead of the batch being applied, in target batches: decoding overlaps applying,
+/// many small source transactions wait to be applied together, and memory stays bounded.
 const READ_AHEAD: usize = 4;
+
+/// The reader's hand-over to the applier, bounded by changes rather than by transactions (a
+/// bound of a few transactions would cap every target transaction at a few source ones).
+struct Handover {
+    batches: mpsc::UnboundedReceiver<ChangeBatch>,
+    budget: Arc<Semaphore>,
+}
+
+fn weight(batch: &ChangeBatch) -> u32 {
+    batch.changes.len().max(1) as u32
+}
+
+impl Handover {
+    fn new(max_changes: usize) -> (mpsc::UnboundedSender<ChangeBatch>, Arc<Semaphore>, Handover) {
+        let (sender, batches) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(READ_AHEAD * max_changes.max(1)));
+        (sender, budget.clone(), Handover { batches, budget })
+    }
+
+    async fn recv(&mut self) -> Option<ChangeBatch> {
+        let batch = self.batches.recv().await?;
+        self.budget.add_permits(weight(&batch) as usize);
+        Some(batch)
+    }
+
+    fn try_recv(&mut self) -> Option<ChangeBatch> {
+        let batch = self.batches.try_recv().ok()?;
+        self.budget.add_permits(weight(&batch) as usize);
+        Some(batch)
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        // A reader waiting for room learns that nobody will make any.
+        self.budget.close();
+    }
+}
 
 pub(super) async fn follow(
     pipeline: &Pipeline<'_>,
@@ -85,8 +125,8 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
     touched: Option<Touched>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let (batches, mut incoming) = mpsc::channel::<ChangeBatch>(READ_AHEAD);
-    let reader = tokio::spawn(read_loop(source, batches));
+    let (batches, budget, mut incoming) = Handover::new(options.max_batch_changes);
+    let reader = tokio::spawn(read_loop(source, batches, budget));
     let mut inside_transaction = false;
     let mut report = Report::default();
     let result: anyhow::Result<()> = async {
@@ -126,7 +166,7 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
 /// `max_changes`), filtered and transformed into one batch for one target transaction.
 fn gather(
     first: ChangeBatch,
-    incoming: &mut mpsc::Receiver<ChangeBatch>,
+    incoming: &mut Handover,
     max_changes: usize,
     seam: &mut Seam,
     shaper: &mut Shaper,
@@ -148,7 +188,7 @@ fn gather(
         }
         merged.commit = batch.commit;
         if merged.commit.is_some() && merged.changes.len() < max_changes {
-            next = incoming.try_recv().ok();
+            next = incoming.try_recv();
         }
     }
     Ok(merged)
@@ -176,9 +216,18 @@ fn check_schema_change(change: &Change) -> anyhow::Result<()> {
     )
 }
 
-async fn read_loop<S: Source>(mut source: S, batches: mpsc::Sender<ChangeBatch>) -> anyhow::Result<()> {
+async fn read_loop<S: Source>(mut source: S, batches: mpsc::UnboundedSender<ChangeBatch>, budget: Arc<Semaphore>) -> anyhow::Result<()> {
     while let Some(batch) = source.next_batch().await? {
-        if batches.send(batch).await.is_err() {
+        // A source batch holds at most max_batch_changes, a quarter of the budget.
+        let room = budget.acquire_many(weight(&batch)).await;
+        let handed = match room {
+            Ok(permits) => {
+                permits.forget();
+                batches.send(batch).is_ok()
+            }
+            Err(_) => false,
+        };
+        if !handed {
             // The applier stopped; keep serving acknowledgements until it closes them.
             while source.next_batch().await?.is_some() {}
             break;
