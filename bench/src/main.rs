@@ -2,9 +2,15 @@
 //! one run. Prints one line per figure (`figure=... tool=... value=...`), a table with ratios,
 //! and writes the same as JSON under target/bench-reports/.
 //!
-//! Figures so far: the initial copy (Switchyard through the tenantize transform, pgcopydb clone,
-//! native logical replication's initial sync, pg_dump | pg_restore, and a bare COPY of the same
-//! rows as the limit), a full verification pass, and Switchyard's peak RSS while copying.
+//! Figures: the initial copy (Switchyard through the tenantize transform, pgcopydb clone, native
+//! logical replication's initial sync, pg_dump | pg_restore, and a bare COPY of the same rows as
+//! the limit); a full verification pass (against pgcopydb compare data's checksum query); the
+//! catch-up on a backlog (against native logical replication, with pg_recvlogical as the
+//! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
+//!
+//! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60), `--rates 1000,2000`.
+
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,21 +18,31 @@ use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
 
-struct Figure {
-    figure: &'static str,
+pub struct Figure {
+    figure: String,
     tool: &'static str,
     value: f64,
     unit: &'static str,
 }
 
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn main() {
-    let scale: u64 = std::env::args()
-        .skip_while(|a| a != "--scale")
-        .nth(1)
-        .map(|s| s.parse().expect("--scale takes a whole number"))
-        .unwrap_or(1);
+    let scale: u64 = arg("--scale").map(|s| s.parse().expect("--scale takes a whole number")).unwrap_or(1);
+    let lag_seconds: u64 = arg("--lag-seconds").map(|s| s.parse().expect("--lag-seconds takes a whole number")).unwrap_or(60);
+    let rates: Vec<u64> = arg("--rates")
+        .unwrap_or_else(|| "1000,2000".into())
+        .split(',')
+        .map(|r| r.trim().parse().expect("--rates takes numbers, e.g. 1000,2000"))
+        .collect();
     let switchyard = release_binary();
-    let source = PgCluster::start();
+    // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
+    let source = PgCluster::start_with(switchyard_testkit::PgOptions {
+        settings: vec![("synchronous_commit".into(), "on".into())],
+        ..Default::default()
+    });
     let target = PgCluster::start_with(switchyard_testkit::PgOptions {
         settings: vec![("max_sync_workers_per_subscription".into(), "4".into()), ("max_logical_replication_workers".into(), "8".into())],
         ..Default::default()
@@ -49,9 +65,9 @@ fn main() {
         .parse()
         .unwrap();
     let mut figures = Vec::new();
-    let mut record = |figure, tool, seconds: f64| {
+    let mut record = |figure: &str, tool: &'static str, seconds: f64| {
         println!("figure={figure} tool={tool} seconds={seconds:.3} rows_per_s={:.0} mb_per_s={:.1}", rows / seconds, megabytes / seconds);
-        figures.push(Figure { figure, tool, value: rows / seconds, unit: "rows/s" });
+        figures.push(Figure { figure: figure.to_string(), tool, value: rows / seconds, unit: "rows/s" });
     };
 
     // Switchyard: through the tenantize transform into the multi-tenant schema.
@@ -139,7 +155,6 @@ fn main() {
     );
     unsafe { kill(pid as i32, 15) };
     run.wait().unwrap();
-    Command::new(&switchyard).args(["teardown"]).arg(&pipeline).env("SOURCE_URL", source.url("app")).env("TARGET_URL", target.url("switchyard")).output().unwrap();
 
     // Switchyard into the same single-tenant schema the native subscription gets, no transform:
     // what the pipeline costs apart from the multi-tenant target's wider keys.
@@ -200,7 +215,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     record("snapshot", "native", started.elapsed().as_secs_f64());
-    target.psql("native", "DROP SUBSCRIPTION bench_native;");
+    // Kept, disabled, for the catch-up and lag figures.
+    target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE;");
 
     // pg_dump | pg_restore.
     target.create_database("dump");
@@ -234,35 +250,58 @@ fn main() {
     }
     record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
 
-    // Verification: Switchyard's pass vs whole-table checksums computed in each database (what
-    // `pgcopydb compare data` does; Debian's pgcopydb 0.10 predates that command).
+    // Verification: Switchyard's pass vs `pgcopydb compare data`. Debian's pgcopydb 0.10 predates
+    // that command, so its per-table checksum query (pgcopydb's schema.c) is run here the way it
+    // runs it: every table at once, source and target concurrently.
     record("verify", "switchyard", verify_seconds);
     record("verify+integrity", "switchyard", verify_total);
     let started = Instant::now();
-    let checksum = "SELECT count(*), sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint) FROM {} t";
-    let compare = |cluster: &PgCluster, db: &str| {
-        for table in ["users", "orders"] {
-            cluster.psql(db, &checksum.replace("{}", table));
-        }
+    let checksum = |table: &str, columns: &str| {
+        format!("SELECT count(1), md5(format('%s-%s', sum(hashtext(({columns})::text)::bigint), count(1)))::uuid FROM ONLY {table}")
     };
+    let tables = [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")];
     std::thread::scope(|s| {
-        s.spawn(|| compare(&source, "app"));
-        s.spawn(|| compare(&target, "native"));
+        for (table, columns) in tables {
+            let sql = checksum(table, columns);
+            let (source, target, sql2) = (&source, &target, sql.clone());
+            s.spawn(move || source.psql("app", &sql));
+            s.spawn(move || target.psql("native", &sql2));
+        }
     });
-    record("verify", "table_checksums", started.elapsed().as_secs_f64());
+    record("verify", "pgcopydb_compare_query", started.elapsed().as_secs_f64());
 
-    figures.push(Figure { figure: "peak_rss", tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
-    figures.push(Figure { figure: "incremental", tool: "switchyard", value: incremental_share, unit: "% rows of full" });
+    // The change stream: catch-up and lag, on the tenantize pipeline (verification off, as the
+    // peers do none) and the native subscription, both left in place above.
+    let streaming = dir.join("streaming.toml");
+    std::fs::write(&streaming, std::fs::read_to_string(&pipeline).unwrap().replace("continuous = true", "continuous = false")).unwrap();
+    let stream = stream::Stream {
+        source: &source,
+        target: &target,
+        switchyard: &switchyard,
+        pipeline: streaming,
+        target_url: target.url("switchyard"),
+        dir: &dir,
+        users,
+        orders,
+    };
+    stream.catch_up(&mut figures, scale * 100_000);
+    for rate in &rates {
+        stream.lag(&mut figures, *rate, lag_seconds);
+    }
+
+    figures.push(Figure { figure: "peak_rss_snapshot".into(), tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
+    figures.push(Figure { figure: "incremental".into(), tool: "switchyard", value: incremental_share, unit: "% rows of full" });
     report(&figures, scale);
 }
 
 fn report(figures: &[Figure], scale: u64) {
     let value = |figure: &str, tool: &str| figures.iter().find(|f| f.figure == figure && f.tool == tool).map(|f| f.value);
-    println!("\n{:<10} {:<16} {:>14} {:>14}", "figure", "tool", "value", "switchyard ÷");
+    println!("\n{:<22} {:<22} {:>16}  {:>12}", "figure", "tool", "value", "switchyard ÷");
     for f in figures {
-        let ours = value(f.figure, "switchyard").unwrap_or(f64::NAN);
-        let ratio = if f.tool == "switchyard" || f.unit != "rows/s" { String::new() } else { format!("{:.2}×", ours / f.value) };
-        println!("{:<10} {:<16} {:>10.0} {:<4} {:>10}", f.figure, f.tool, f.value, f.unit, ratio);
+        let ours = value(&f.figure, "switchyard").unwrap_or(f64::NAN);
+        // Ratios where more is better; lag and memory are read as they are.
+        let ratio = if f.tool == "switchyard" || !f.unit.ends_with("/s") { String::new() } else { format!("{:.2}×", ours / f.value) };
+        println!("{:<22} {:<22} {:>9.0} {:<8} {:>10}", f.figure, f.tool, f.value, f.unit, ratio);
     }
     let json: Vec<_> = figures
         .iter()
@@ -281,7 +320,7 @@ fn release_binary() -> PathBuf {
     path
 }
 
-fn rss_mib(pid: u32) -> u64 {
+pub fn rss_mib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
@@ -296,5 +335,5 @@ fn tempdir() -> PathBuf {
 }
 
 extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
+    pub fn kill(pid: i32, signal: i32) -> i32;
 }

@@ -1,0 +1,175 @@
+//! Criterion micro-benchmarks of the per-row hot paths, no database needed:
+//!
+//! - `pgoutput`: decoding replication messages (Begin, Insert, Update, Commit of rows shaped like
+//!   the demo's `orders`, and the captured stream of a real server);
+//! - `transform`: the tenantize chain (attach_column tenant_id) over a 10,000-change batch;
+//! - `copy_text`: writing the COPY text a snapshot chunk load sends, and reading a snapshot COPY
+//!   back into rows (`RowReader`);
+//! - `grouping`: the sink's pure step, grouping a shaped batch's changes into statements;
+//! - `digest`: the canonical row encoding, row hashes, chunk digests and `compare_rows`.
+//!
+//! Run: `cargo bench -p switchyard-bench --bench hot_paths` (criterion options after `--`, e.g.
+//! `-- --warm-up-time 1 --measurement-time 3`, or a filter such as `-- pgoutput`). Every input is
+//! built before the measured closure; throughput is reported per message, change or row.
+//! `--bench allocs` counts the allocations per element of the same operations.
+
+mod common;
+
+use std::hint::black_box;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use switchyard::reconcile::compare_rows;
+use switchyard_core::digest::{encode_row, row_hash, ChunkDigest};
+use switchyard_core::Value;
+use switchyard_postgres::copy_text;
+use switchyard_postgres::grouping::{self, Ties};
+use switchyard_postgres::pgoutput::{decode, Message};
+
+use common::*;
+
+fn decode_all(payloads: &[Bytes]) {
+    for payload in payloads {
+        black_box(decode(payload.clone()).expect("valid payload"));
+    }
+}
+
+fn pgoutput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pgoutput");
+    let inputs: [(&str, Vec<Bytes>); 5] = [
+        ("begin", (0..ROWS).map(begin_payload).collect()),
+        ("commit", (0..ROWS).map(commit_payload).collect()),
+        ("insert_orders", (0..ROWS).map(insert_payload).collect()),
+        ("update_orders", (0..ROWS).map(update_payload).collect()),
+        // 1 Begin + 8 Insert + 2 Update + 1 Commit per transaction.
+        ("txn_mix", transaction_payloads(ROWS / 12)),
+    ];
+    for (name, payloads) in &inputs {
+        assert!(payloads.iter().all(|p| decode(p.clone()).is_ok()), "{name}");
+        group.throughput(Throughput::Elements(payloads.len() as u64));
+        group.bench_function(*name, |b| b.iter(|| decode_all(payloads)));
+    }
+    let captured = captured_payloads();
+    assert!(matches!(decode(captured[0].clone()), Ok(Message::Begin { .. })));
+    group.throughput(Throughput::Elements(captured.len() as u64));
+    group.bench_function("captured_stream", |b| b.iter(|| decode_all(&captured)));
+    group.finish();
+}
+
+fn transform(c: &mut Criterion) {
+    let mut group = c.benchmark_group("transform");
+    let table = orders_schema();
+    let batch = change_batch(&table);
+    let mut shaper = tenantize();
+    // The plan is compiled on first sight of a table; measure the steady state.
+    let shaped = shaper.apply(batch[0].clone()).unwrap().unwrap();
+    assert_eq!(shaped.table().unwrap().columns.len(), 6);
+    group.throughput(Throughput::Elements(ROWS as u64));
+    // Shaper::apply as the stream's `gather` calls it: changes moved in, shaped changes collected.
+    group.bench_function("tenantize_10k", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |changes| changes.into_iter().filter_map(|change| shaper.apply(change).expect("shapes")).collect::<Vec<_>>(),
+            BatchSize::LargeInput,
+        )
+    });
+    // The per-row part alone (TablePlan::row), from borrowed rows.
+    let plan = shaper.plan(&table).unwrap();
+    let rows: Vec<Vec<Value>> = (0..ROWS).map(order_row).collect();
+    group.bench_function("plan_row_10k", |b| {
+        b.iter(|| {
+            for row in &rows {
+                black_box(plan.row(black_box(row)));
+            }
+        })
+    });
+    group.finish();
+}
+
+fn copy_text_bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("copy_text");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    // What ChunkLoad::push does per row (shaped rows, tenant included), into a reused buffer.
+    let rows: Vec<Vec<Value>> = (0..ROWS).map(shaped_order_row).collect();
+    let mut buffer = BytesMut::with_capacity(512 * 1024);
+    group.bench_function("write_line_10k", |b| {
+        b.iter(|| {
+            buffer.clear();
+            for row in &rows {
+                copy_text::write_line(row, &mut buffer);
+            }
+            black_box(buffer.len())
+        })
+    });
+    // A snapshot COPY arriving in 64 kB chunks, read back into rows by RowReader.
+    let chunks = copy_chunks();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    assert_eq!(read_snapshot(&runtime, chunks.clone()), ROWS);
+    group.bench_function("row_reader_10k", |b| {
+        b.iter_batched(|| chunks.clone(), |chunks| read_snapshot(&runtime, chunks), BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
+fn grouping_bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("grouping");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    // The demo's target defers its foreign keys, so no table is tied to another.
+    let ties = Ties::default();
+    let orders = shaped_change_batch();
+    assert_eq!(grouping::group(&orders, &ties).len(), 2, "all inserts, then all updates");
+    group.bench_function("orders_10k", |b| b.iter(|| grouping::group(black_box(&orders), &ties)));
+    let interleaved = interleaved_change_batch();
+    assert!(grouping::group(&interleaved, &ties).len() > 3);
+    group.bench_function("interleaved_10k", |b| b.iter(|| grouping::group(black_box(&interleaved), &ties)));
+    group.finish();
+}
+
+fn digest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("digest");
+    let rows: Vec<Vec<Value>> = (0..ROWS).map(shaped_order_row).collect();
+    group.throughput(Throughput::Elements(ROWS as u64));
+    let mut buffer = Vec::with_capacity(256);
+    group.bench_function("encode_row_10k", |b| {
+        b.iter(|| {
+            for row in &rows {
+                buffer.clear();
+                encode_row(row, &mut buffer);
+                black_box(&buffer);
+            }
+        })
+    });
+    group.bench_function("row_hash_10k", |b| {
+        b.iter(|| {
+            for row in &rows {
+                black_box(row_hash(row));
+            }
+        })
+    });
+    group.bench_function("chunk_digest_10k", |b| {
+        b.iter(|| {
+            let mut digest = ChunkDigest::default();
+            for row in &rows {
+                digest.add(row);
+            }
+            black_box(digest)
+        })
+    });
+
+    // compare_rows takes both sides by value: they are cloned outside the measurement.
+    let shape = shaped_schema();
+    let equal = (rows.clone(), rows.clone());
+    assert!(compare_rows(&shape, equal.0.clone(), equal.1.clone()).is_empty());
+    group.bench_function("compare_rows_10k_equal", |b| {
+        b.iter_batched(|| equal.clone(), |(source, target)| compare_rows(&shape, source, target), BatchSize::LargeInput)
+    });
+    let differing = differing_sides(&rows);
+    assert_eq!(compare_rows(&shape, differing.0.clone(), differing.1.clone()).len(), 200);
+    group.bench_function("compare_rows_10k_2pct_differ", |b| {
+        b.iter_batched(|| differing.clone(), |(source, target)| compare_rows(&shape, source, target), BatchSize::LargeInput)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pgoutput, transform, copy_text_bench, grouping_bench, digest);
+criterion_main!(benches);

@@ -1,0 +1,205 @@
+//! The change stream, measured: catch-up on a backlog (Switchyard, native logical replication,
+//! and `pg_recvlogical` reading the same backlog as the walsender's ceiling), then steady-state
+//! lag under pgbench at fixed rates, sampled from `pg_stat_replication.replay_lag`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_testkit::PgCluster;
+
+use crate::{kill, rss_mib, Figure};
+
+/// The seed's write mix, ~10 statements per transaction: 40% order inserts, 40% order updates,
+/// 10% user inserts, 10% order deletes.
+fn mix_script(users: u64, orders: u64) -> String {
+    let mut script = format!("\\set u random(1, {users})\n");
+    for n in 0..6 {
+        script.push_str(&format!("\\set o{n} random(1, {orders})\n"));
+    }
+    script.push_str("BEGIN;\n");
+    for _ in 0..4 {
+        script.push_str("INSERT INTO orders (user_id, amount, status) VALUES (:u, 9.99, 'new');\n");
+    }
+    for n in 0..4 {
+        script.push_str(&format!("UPDATE orders SET status = 'paid', amount = amount + 1 WHERE id = :o{n};\n"));
+    }
+    script.push_str("INSERT INTO users (email, name) VALUES (md5(random()::text) || '@bench', 'bench');\n");
+    script.push_str("DELETE FROM orders WHERE id = :o4;\nEND;\n");
+    script
+}
+
+/// Row changes made on the source so far (inserts + updates + deletes on the carried tables).
+fn changes_so_far(source: &PgCluster) -> i64 {
+    // Statistics reach the shared counters at most a second after a transaction ends.
+    std::thread::sleep(Duration::from_millis(1200));
+    source
+        .psql("app", "SELECT sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables WHERE relname IN ('users', 'orders')")
+        .parse()
+        .unwrap()
+}
+
+fn slot_reached(source: &PgCluster, slot: &str, goal: &str) -> bool {
+    source.psql("app", &format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "t"
+}
+
+pub struct Stream<'a> {
+    pub source: &'a PgCluster,
+    /// Holds the native subscription `bench_native` (database `native`), disabled.
+    pub target: &'a PgCluster,
+    pub switchyard: &'a Path,
+    /// The tenantize pipeline (already copied, stopped), with continuous verification off.
+    pub pipeline: PathBuf,
+    pub target_url: String,
+    pub dir: &'a Path,
+    pub users: u64,
+    pub orders: u64,
+}
+
+impl Stream<'_> {
+    fn start_switchyard(&self) -> Child {
+        Command::new(self.switchyard)
+            .args(["run"])
+            .arg(&self.pipeline)
+            .env("SOURCE_URL", self.source.url("app"))
+            .env("TARGET_URL", &self.target_url)
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn script(&self) -> PathBuf {
+        let path = self.dir.join("mix.sql");
+        std::fs::write(&path, mix_script(self.users, self.orders)).unwrap();
+        path
+    }
+
+    fn pgbench(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(self.source.bin("pgbench"));
+        command
+            .args(["-n", "-f"])
+            .arg(self.script())
+            .args(extra)
+            .args(["-h", &self.source.socket_dir().display().to_string(), "-p", &self.source.port().to_string(), "-U", "postgres", "app"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    /// Waits until `slot` confirmed `goal`, sampling the process's peak RSS; returns seconds.
+    fn time_until(&self, slot: &str, goal: &str, started: Instant, process: Option<&mut Child>) -> (f64, u64) {
+        let mut peak = 0;
+        let pid = process.as_ref().map(|p| p.id());
+        let mut process = process;
+        while !slot_reached(self.source, slot, goal) {
+            if let Some(pid) = pid {
+                peak = peak.max(rss_mib(pid));
+            }
+            if let Some(child) = process.as_deref_mut() {
+                assert!(child.try_wait().unwrap().is_none(), "{slot}'s consumer exited while catching up");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(pid) = pid {
+            peak = peak.max(rss_mib(pid));
+        }
+        (seconds, peak)
+    }
+
+    /// A backlog made while every consumer is stopped, then each consumer alone on it.
+    pub fn catch_up(&self, figures: &mut Vec<Figure>, transactions: u64) {
+        let source = self.source;
+        source.psql("app", "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')");
+        let before = changes_so_far(source);
+        eprintln!("making a backlog of {transactions} transactions ...");
+        let per_client = (transactions / 4).to_string();
+        assert!(self.pgbench(&["-c", "4", "-j", "2", "-t", &per_client]).status().unwrap().success(), "pgbench failed");
+        let changes = (changes_so_far(source) - before) as f64;
+        let goal = source.psql("app", "SELECT pg_current_wal_lsn()");
+        println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
+
+        let started = Instant::now();
+        let mut run = self.start_switchyard();
+        let (seconds, peak) = self.time_until("switchyard_tenantize", &goal, started, Some(&mut run));
+        unsafe { kill(run.id() as i32, 15) };
+        run.wait().unwrap();
+        self.record(figures, "catch_up", "switchyard", changes / seconds, "changes/s", seconds);
+        figures.push(Figure { figure: "peak_rss_catch_up".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
+
+        // The ceiling: the walsender decoding the same backlog for a client that only reads it.
+        let started = Instant::now();
+        let status = Command::new(source.bin("pg_recvlogical"))
+            .args(["-d", &source.url("app"), "--slot", "bench_recv", "--start", "--endpos", &goal, "-f", "/dev/null"])
+            .args(["-o", "proto_version=1", "-o", "publication_names=bench_native", "--no-loop"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_recvlogical failed");
+        self.record(figures, "catch_up", "pg_recvlogical", changes / started.elapsed().as_secs_f64(), "changes/s", started.elapsed().as_secs_f64());
+        source.psql("app", "SELECT pg_drop_replication_slot('bench_recv')");
+
+        let started = Instant::now();
+        self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
+        let (seconds, _) = self.time_until("bench_native", &goal, started, None);
+        self.record(figures, "catch_up", "native", changes / seconds, "changes/s", seconds);
+    }
+
+    /// pgbench at `rate` tx/s for `seconds`, once per tool with the other paused (each first
+    /// caught up), sampling the tool's `replay_lag` every 100 ms.
+    pub fn lag(&self, figures: &mut Vec<Figure>, rate: u64, seconds: u64) {
+        for tool in ["switchyard", "native"] {
+            let mut run = None;
+            let (slot, application) = if tool == "switchyard" {
+                self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
+                run = Some(self.start_switchyard());
+                ("switchyard_tenantize", "switchyard")
+            } else {
+                self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
+                ("bench_native", "bench_native")
+            };
+            let goal = self.source.psql("app", "SELECT pg_current_wal_lsn()");
+            self.time_until(slot, &goal, Instant::now(), run.as_mut());
+            let mut load = self.pgbench(&["-c", "4", "-j", "2", "-R", &rate.to_string(), "-T", &seconds.to_string()]).spawn().unwrap();
+            let before = changes_so_far(self.source);
+            let mut samples = Vec::new();
+            let mut peak = 0;
+            let started = Instant::now();
+            while load.try_wait().unwrap().is_none() {
+                let lag = self.source.psql(
+                    "app",
+                    &format!("SELECT coalesce(extract(epoch FROM replay_lag) * 1000, 0) FROM pg_stat_replication WHERE application_name = '{application}'"),
+                );
+                if let Ok(ms) = lag.parse::<f64>() {
+                    samples.push(ms);
+                }
+                if let Some(child) = &run {
+                    peak = peak.max(rss_mib(child.id()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let achieved = (changes_so_far(self.source) - before) as f64 / started.elapsed().as_secs_f64();
+            if let Some(mut child) = run {
+                unsafe { kill(child.id() as i32, 15) };
+                child.wait().unwrap();
+                figures.push(Figure { figure: format!("peak_rss_streaming@{rate}tx/s"), tool: "switchyard", value: peak as f64, unit: "MiB" });
+            }
+            samples.sort_by(|a, b| a.total_cmp(b));
+            let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+            let (p50, p99, max) = (at(0.5), at(0.99), samples.last().copied().unwrap_or(f64::NAN));
+            println!(
+                "figure=lag rate={rate} tool={tool} samples={} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} source_changes_per_s={achieved:.0}",
+                samples.len()
+            );
+            for (what, value) in [("p50", p50), ("p99", p99), ("max", max)] {
+                figures.push(Figure { figure: format!("lag_{what}@{rate}tx/s"), tool, value, unit: "ms" });
+            }
+        }
+        self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
+    }
+
+    fn record(&self, figures: &mut Vec<Figure>, figure: &str, tool: &'static str, value: f64, unit: &'static str, seconds: f64) {
+        println!("figure={figure} tool={tool} seconds={seconds:.3} {unit}={value:.0}");
+        figures.push(Figure { figure: figure.to_string(), tool, value, unit });
+    }
+}
