@@ -68,7 +68,7 @@ pub async fn run(users: u64, load_seconds: u64) -> anyhow::Result<ExitCode> {
     let (stop, shutdown) = watch::channel(false);
     let pipeline = tokio::spawn({
         let file = file.clone();
-        async move { crate::runtime::run(&file, shutdown, None).await }
+        async move { crate::commands::run_file(&file, None, shutdown).await.map(|_| ()) }
     });
     let load_until = Instant::now() + Duration::from_secs(load_seconds);
     while Instant::now() < load_until && !pipeline.is_finished() {
@@ -77,11 +77,32 @@ pub async fn run(users: u64, load_seconds: u64) -> anyhow::Result<ExitCode> {
     let statements = tokio::task::spawn_blocking(move || load.finish()).await?;
     println!("write load stopped after {statements} statements; waiting until the target has caught up ...");
     wait_caught_up(&source, &file.slot_name(), &pipeline).await?;
+    println!("caught up in {:.1} s from the start of the copy\n", started.elapsed().as_secs_f64());
+    let mut ok = compare(&source, &target);
+    println!("{}\n", if ok { "source and target agree." } else { "source and target DIFFER." });
+
+    // The cutover needs continuous verification's first full pass; then over and back again.
+    println!("waiting for continuous verification's first full pass (the cutover's gate) ...");
+    while target.try_psql("app", "SELECT full_passes > 0 FROM switchyard.verification").as_deref() != Ok("t") {
+        anyhow::ensure!(!pipeline.is_finished(), "the pipeline stopped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("\n$ switchyard cutover   (read-only fence: the demo has no PgBouncer)");
+    ok &= crate::cutover::request_and_follow(&file, "cutover", false).await? == ExitCode::SUCCESS;
+    target.psql("app", "INSERT INTO orders (user_id, amount, status) VALUES (1, 12.34, 'written on the shadow')");
+    println!("\nan order written on the shadow (its tenant_id from the column's default, its id from the identity) ...");
+    wait_caught_up(&target, &format!("{}_reverse", file.slot_name()), &pipeline).await?;
+    let back = source.psql("app", "SELECT count(*) FROM orders WHERE status = 'written on the shadow'");
+    println!("... is on the old database too, through the way back ({back} row)");
+    println!("\n$ switchyard switchback");
+    ok &= crate::cutover::request_and_follow(&file, "switchback", false).await? == ExitCode::SUCCESS;
+    source.psql("app", "INSERT INTO orders (user_id, amount, status) VALUES (2, 56.78, 'written on the old database again')");
+    wait_caught_up(&source, &file.slot_name(), &pipeline).await?;
     let _ = stop.send(true);
     pipeline.await.context("pipeline task")??;
-    println!("caught up in {:.1} s from the start of the copy\n", started.elapsed().as_secs_f64());
-    let ok = compare(&source, &target);
-    println!("{}", if ok { "source and target agree." } else { "source and target DIFFER." });
+    println!();
+    ok &= compare(&source, &target);
+    println!("{}", if ok { "source and target agree after cutover and switch-back." } else { "source and target DIFFER." });
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -90,7 +111,7 @@ async fn wait_caught_up(
     slot: &str,
     pipeline: &tokio::task::JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let goal = source.psql("app", "SELECT pg_current_wal_insert_lsn()");
+    let goal = source.psql("app", "SELECT pg_current_wal_lsn()");
     let query = format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'");
     while source.psql("app", &query) != "t" {
         anyhow::ensure!(!pipeline.is_finished(), "the pipeline stopped before catching up");

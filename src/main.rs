@@ -140,7 +140,8 @@ enum Command {
         drop_checkpoint: bool,
     },
     /// Start two throwaway PostgreSQL clusters, load a single-tenant schema, and run the
-    /// tenantize pipeline into a multi-tenant schema under a live write load.
+    /// tenantize pipeline into a multi-tenant schema under a live write load; then cut over to
+    /// the shadow, write there, switch back, and compare both sides.
     Demo {
         /// Number of users (orders are 10 per user).
         #[arg(long, default_value_t = 100_000)]

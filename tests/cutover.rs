@@ -325,3 +325,27 @@ fn a_failing_health_check_after_cutover_switches_back_on_its_own() {
     assert_tenantized_equal(&pair);
     process.stop();
 }
+
+#[test]
+fn drift_between_the_shadow_and_the_old_database_after_cutover_switches_back() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 100, 2);
+    let auto = "[cutover.auto_switchback]\nenabled = true\ndrift_check_minutes = 0.02\nhealth_interval_seconds = 0.5\n";
+    let pipeline = pair.pipeline("drifting", &cutover_section(auto));
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_drifting", &mut process);
+    wait_verified(&pair, &mut process);
+    let output = operate(&["cutover"], &pipeline, &mut process);
+    assert!(output.contains("outcome: completed; live: the shadow database"), "{output}");
+    // Clean passes first: nothing happens.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(pair.target.psql("app", "SELECT live FROM switchyard.cutovers"), "shadow", "log:\n{}", process.log());
+    // Someone writes to the fenced old database behind the way back's back.
+    pair.source.psql("app", "SET default_transaction_read_only = off; UPDATE users SET name = 'drifted' WHERE id = 7");
+    wait_for(&pair.target, "SELECT live || ' ' || phase FROM switchyard.cutovers", "old idle", 120, &mut process);
+    let report: serde_json::Value = serde_json::from_str(&pair.target.psql("app", "SELECT report FROM switchyard.cutovers")).unwrap();
+    let trigger = report["trigger"].as_str().unwrap_or_default();
+    assert!(trigger.starts_with("verification drift: 1 rows differ") && trigger.contains("public.users key"), "{report}");
+    process.stop();
+}

@@ -8,7 +8,9 @@
 //! catch-up on a backlog (against native logical replication, with pg_recvlogical as the
 //! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
 //!
-//! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60), `--rates 1000,2000`.
+//! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60), `--rates 1000,2000`;
+//! `--skip-peers` leaves out the snapshot peers that the stream figures do not need (for quick
+//! iterations; a full run is what counts).
 
 mod stream;
 
@@ -37,6 +39,7 @@ fn main() {
         .split(',')
         .map(|r| r.trim().parse().expect("--rates takes numbers, e.g. 1000,2000"))
         .collect();
+    let skip_peers = std::env::args().any(|a| a == "--skip-peers");
     let switchyard = release_binary();
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     let source = PgCluster::start_with(switchyard_testkit::PgOptions {
@@ -156,47 +159,49 @@ fn main() {
     unsafe { kill(pid as i32, 15) };
     run.wait().unwrap();
 
-    // Switchyard into the same single-tenant schema the native subscription gets, no transform:
-    // what the pipeline costs apart from the multi-tenant target's wider keys.
-    target.create_database("plain");
-    target.psql("plain", switchyard::demo::SOURCE_SCHEMA);
-    let plain = dir.join("plain.toml");
-    std::fs::write(
-        &plain,
-        format!(
-            "[pipeline]\nname = \"plain\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"users\", \"orders\"]\n\
-             [target]\ntype = \"postgres\"\nurl = \"{}\"\n[verify]\ncontinuous = false\n",
-            source.url("app"),
-            target.url("plain")
-        ),
-    )
-    .unwrap();
-    let started = Instant::now();
-    let mut run = Command::new(&switchyard).args(["run"]).arg(&plain).env("SWITCHYARD_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
-    while target.try_psql("plain", "SELECT phase FROM switchyard.pipelines").as_deref() != Ok("streaming") {
-        assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    record("snapshot", "switchyard_plain", started.elapsed().as_secs_f64());
-    unsafe { kill(run.id() as i32, 15) };
-    run.wait().unwrap();
-    Command::new(&switchyard).args(["teardown"]).arg(&plain).output().unwrap();
+    if !skip_peers {
+        // Switchyard into the same single-tenant schema the native subscription gets, no transform:
+        // what the pipeline costs apart from the multi-tenant target's wider keys.
+        target.create_database("plain");
+        target.psql("plain", switchyard::demo::SOURCE_SCHEMA);
+        let plain = dir.join("plain.toml");
+        std::fs::write(
+            &plain,
+            format!(
+                "[pipeline]\nname = \"plain\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"users\", \"orders\"]\n\
+                 [target]\ntype = \"postgres\"\nurl = \"{}\"\n[verify]\ncontinuous = false\n",
+                source.url("app"),
+                target.url("plain")
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let mut run = Command::new(&switchyard).args(["run"]).arg(&plain).env("SWITCHYARD_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+        while target.try_psql("plain", "SELECT phase FROM switchyard.pipelines").as_deref() != Ok("streaming") {
+            assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        record("snapshot", "switchyard_plain", started.elapsed().as_secs_f64());
+        unsafe { kill(run.id() as i32, 15) };
+        run.wait().unwrap();
+        Command::new(&switchyard).args(["teardown"]).arg(&plain).output().unwrap();
 
-    // pgcopydb clone, with the same parallelism.
-    target.create_database("pgcopydb");
-    let work = dir.join("pgcopydb");
-    let started = Instant::now();
-    let status = Command::new("pgcopydb")
-        .args(["clone", "--table-jobs", "4", "--index-jobs", "4", "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
-        .arg(&work)
-        .args(["--source", &source.url("app"), "--target", &target.url("pgcopydb")])
-        .env("PATH", format!("{}:{}", source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => record("snapshot", "pgcopydb", started.elapsed().as_secs_f64()),
-        other => eprintln!("pgcopydb clone did not run ({other:?}); install it with `make deps-bench`"),
+        // pgcopydb clone, with the same parallelism.
+        target.create_database("pgcopydb");
+        let work = dir.join("pgcopydb");
+        let started = Instant::now();
+        let status = Command::new("pgcopydb")
+            .args(["clone", "--table-jobs", "4", "--index-jobs", "4", "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
+            .arg(&work)
+            .args(["--source", &source.url("app"), "--target", &target.url("pgcopydb")])
+            .env("PATH", format!("{}:{}", source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => record("snapshot", "pgcopydb", started.elapsed().as_secs_f64()),
+            other => eprintln!("pgcopydb clone did not run ({other:?}); install it with `make deps-bench`"),
+        }
     }
 
     // Native logical replication's initial sync into the same single-tenant schema.
@@ -218,37 +223,39 @@ fn main() {
     // Kept, disabled, for the catch-up and lag figures.
     target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE;");
 
-    // pg_dump | pg_restore.
-    target.create_database("dump");
-    let started = Instant::now();
-    let shell = format!(
-        "{} -Fc -h {} -p {} -U postgres app | {} --no-owner -h {} -p {} -U postgres -d dump",
-        source.bin("pg_dump").display(),
-        source.socket_dir().display(),
-        source.port(),
-        source.bin("pg_restore").display(),
-        target.socket_dir().display(),
-        target.port()
-    );
-    assert!(Command::new("bash").args(["-c", &shell]).status().unwrap().success(), "pg_dump | pg_restore failed");
-    record("snapshot", "pg_dump", started.elapsed().as_secs_f64());
-
-    // The limit: a bare COPY of the same rows into the same indexed tables.
-    target.create_database("raw");
-    target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
-    let started = Instant::now();
-    for table in ["users", "orders"] {
+    if !skip_peers {
+        // pg_dump | pg_restore.
+        target.create_database("dump");
+        let started = Instant::now();
         let shell = format!(
-            "{psql} -X -h {} -p {} -U postgres -d app -c 'COPY {table} TO STDOUT' | {psql} -X -h {} -p {} -U postgres -d raw -c 'SET session_replication_role = replica' -c 'COPY {table} FROM STDIN'",
+            "{} -Fc -h {} -p {} -U postgres app | {} --no-owner -h {} -p {} -U postgres -d dump",
+            source.bin("pg_dump").display(),
             source.socket_dir().display(),
             source.port(),
+            source.bin("pg_restore").display(),
             target.socket_dir().display(),
-            target.port(),
-            psql = source.bin("psql").display(),
+            target.port()
         );
-        assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
+        assert!(Command::new("bash").args(["-c", &shell]).status().unwrap().success(), "pg_dump | pg_restore failed");
+        record("snapshot", "pg_dump", started.elapsed().as_secs_f64());
+
+        // The limit: a bare COPY of the same rows into the same indexed tables.
+        target.create_database("raw");
+        target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
+        let started = Instant::now();
+        for table in ["users", "orders"] {
+            let shell = format!(
+                "{psql} -X -h {} -p {} -U postgres -d app -c 'COPY {table} TO STDOUT' | {psql} -X -h {} -p {} -U postgres -d raw -c 'SET session_replication_role = replica' -c 'COPY {table} FROM STDIN'",
+                source.socket_dir().display(),
+                source.port(),
+                target.socket_dir().display(),
+                target.port(),
+                psql = source.bin("psql").display(),
+            );
+            assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
+        }
+        record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
     }
-    record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
 
     // Verification: Switchyard's pass vs `pgcopydb compare data`. Debian's pgcopydb 0.10 predates
     // that command, so its per-table checksum query (pgcopydb's schema.c) is run here the way it

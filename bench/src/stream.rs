@@ -123,6 +123,19 @@ impl Stream<'_> {
         let started = Instant::now();
         let mut run = self.start_switchyard();
         let (seconds, peak) = self.time_until("switchyard_tenantize", &goal, started, Some(&mut run));
+        // Where the time went: our process, the target backends applying, the source walsender.
+        let target_backends = self.target.psql(
+            "switchyard",
+            "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name = 'switchyard' AND backend_type = 'client backend'",
+        );
+        let walsender = self.source.psql("app", "SELECT string_agg(pid::text, ' ') FROM pg_stat_replication WHERE application_name = 'switchyard'");
+        let cpu = |pids: &str| pids.split_whitespace().filter_map(|p| p.parse().ok()).map(cpu_seconds).sum::<f64>();
+        println!(
+            "figure=catch_up_cpu tool=switchyard wall_s={seconds:.1} switchyard_cpu_s={:.1} target_backends_cpu_s={:.1} source_walsender_cpu_s={:.1}",
+            cpu_seconds(run.id()),
+            cpu(&target_backends),
+            cpu(&walsender)
+        );
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
         self.record(figures, "catch_up", "switchyard", changes / seconds, "changes/s", seconds);
@@ -202,4 +215,13 @@ impl Stream<'_> {
         println!("figure={figure} tool={tool} seconds={seconds:.3} {unit}={value:.0}");
         figures.push(Figure { figure: figure.to_string(), tool, value, unit });
     }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -43,6 +43,12 @@ pub async fn run(path: &Path, listen: Option<std::net::SocketAddr>) -> anyhow::R
         tracing::info!("stopping after the batch in hand");
         let _ = stop.send(true);
     });
+    run_file(&file, listen, shutdown).await
+}
+
+/// `run` on a parsed pipeline file, until `shutdown` says stop.
+pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::SocketAddr>, shutdown: watch::Receiver<bool>) -> anyhow::Result<ExitCode> {
+    let file = file.clone();
     let endpoints = registry::endpoints(&file)?;
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
     let touched = file.verify.continuous.then(|| Touched::new(file.verify.continuous_chunk_rows));

@@ -32,6 +32,7 @@ const AUTO_SWITCHBACK: &[&str] = &[
     "health_check",
     "health_failures",
     "health_interval_seconds",
+    "drift_check_minutes",
 ];
 const RULE: &[&str] = &["table", "name", "check"];
 

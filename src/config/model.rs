@@ -271,6 +271,9 @@ pub struct AutoSwitchbackSection {
     pub health_check: String,
     pub health_failures: u32,
     pub health_interval_seconds: f64,
+    /// Trigger: a verification pass of the way back (shadow vs old database, through the
+    /// inverse transforms) finds differing rows; run this often (0: never).
+    pub drift_check_minutes: f64,
 }
 
 impl Default for AutoSwitchbackSection {
@@ -283,6 +286,7 @@ impl Default for AutoSwitchbackSection {
             health_check: String::new(),
             health_failures: 3,
             health_interval_seconds: 5.0,
+            drift_check_minutes: 5.0,
         }
     }
 }

@@ -39,6 +39,7 @@ impl Move {
 pub(super) struct AutoWatch {
     health_failures: u32,
     last_check: Option<Instant>,
+    last_drift_check: Option<Instant>,
 }
 
 fn now_ms() -> u64 {
@@ -419,9 +420,23 @@ impl Controller {
             }
         }
         let limit = Duration::from_secs_f64(auto.max_reverse_lag_seconds);
-        match self.probe_lag(Move { from: Side::Shadow, to: Side::Old }, limit).await {
-            Err(Interrupt::Failed(reason)) => Ok(Some(format!("the reverse pipeline lags: {reason}"))),
-            _ => Ok(None),
+        if let Err(Interrupt::Failed(reason)) = self.probe_lag(Move { from: Side::Shadow, to: Side::Old }, limit).await {
+            return Ok(Some(format!("the reverse pipeline lags: {reason}")));
         }
+        let drift_due = auto.drift_check_minutes > 0.0
+            && watch.last_drift_check.is_none_or(|t| t.elapsed().as_secs_f64() >= auto.drift_check_minutes * 60.0);
+        if drift_due {
+            watch.last_drift_check = Some(Instant::now());
+            let report = crate::reconcile::verify(&self.backward, &Default::default()).await?;
+            let differing: u64 = report.tables.iter().map(|t| t.rows_differing).sum();
+            if differing > 0 {
+                let first = report.tables.iter().find_map(|t| t.differences.first().map(|d| format!("{} key {}", t.target_table, d.key)));
+                return Ok(Some(format!(
+                    "verification drift: {differing} rows differ between the shadow and the old database (first: {})",
+                    first.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(None)
     }
 }
