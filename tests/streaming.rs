@@ -84,3 +84,28 @@ fn teardown_refuses_while_running_then_cleans_up() {
     assert_eq!(leftovers, "0");
     assert_eq!(pair.target.psql("app", "SELECT count(*) FROM pg_namespace WHERE nspname = 'switchyard'"), "0");
 }
+
+#[test]
+fn rows_trading_a_unique_value_in_one_batch_are_applied_in_source_order() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 50, 1);
+    // Make the target process an update statement's rows in heap order, not in source order.
+    pair.target.psql("app", "ALTER DATABASE app SET enable_nestloop = off; ALTER DATABASE app SET enable_mergejoin = off;");
+    let pipeline = pair.pipeline("trading", TENANTIZE);
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_trading", &mut process);
+    // User 2 gives up its email and user 1 takes it, in one source transaction: valid one row at
+    // a time; in one statement visiting user 1 first, the unique (tenant_id, email) index objects.
+    pair.source.psql(
+        "app",
+        "BEGIN;
+         UPDATE users SET email = 'moved@example.com' WHERE id = 2;
+         UPDATE users SET email = 'user2@example.com' WHERE id = 1;
+         COMMIT;",
+    );
+    pair.wait_caught_up("switchyard_trading", &mut process);
+    assert_tenantized_equal(&pair);
+    assert!(process.log().contains("applying its changes one by one"), "the grouped statement did not hit the index; log:\n{}", process.log());
+    process.stop();
+}

@@ -24,6 +24,9 @@ pub struct Ties {
     pub ordered: HashSet<TableId>,
     /// Pairs of tables linked by a foreign key checked at once (both directions listed).
     pub linked: HashSet<(TableId, TableId)>,
+    /// Tables whose changes are applied one per statement: a statement over several rows hit a
+    /// unique index there (two rows trading a value, which PostgreSQL checks row by row).
+    pub one_by_one: HashSet<TableId>,
 }
 
 impl Ties {
@@ -116,6 +119,7 @@ pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
         let joinable = last
             .get(&shape)
             .copied()
+            .filter(|_| !ties.one_by_one.contains(&table.id))
             .filter(|&at| segment[at + 1..].iter().all(|later| !ties.tie(&table.id, &later.table)));
         match joinable {
             Some(at) => segment[at].group.changes.push(index),
@@ -202,6 +206,16 @@ mod tests {
         let groups = group(&changes, &Ties::default());
         assert_eq!(groups.len(), 4, "{groups:?}");
         assert_eq!(groups.iter().map(|g| g.changes.len()).sum::<usize>(), changes.len());
+    }
+
+    #[test]
+    fn one_by_one_tables_get_a_statement_per_change() {
+        let (orders, users) = (table("orders"), table("users"));
+        let changes = vec![update(&users, 1, "a"), update(&users, 2, "b"), update(&orders, 1, "1"), update(&orders, 2, "1")];
+        let mut ties = Ties::default();
+        ties.one_by_one.insert(users.id.clone());
+        let sizes: Vec<usize> = group(&changes, &ties).iter().map(|g| g.changes.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 2]);
     }
 
     #[test]

@@ -86,6 +86,9 @@ impl PgSink {
         }
         let target = self.target(&shaped.id).await?;
         let plan = Arc::new(plan_for(shaped, target)?);
+        if one_by_one(&shaped.id, false) {
+            self.ties.one_by_one.insert(shaped.id.clone());
+        }
         if !self.tied_known.contains(&shaped.id) {
             let key: Vec<&str> = plan.key.iter().map(|&k| plan.column_names[k].as_str()).collect();
             let ties = catalog::reorder_ties(&self.client, &shaped.id, &key).await?;
@@ -228,10 +231,19 @@ impl PgSink {
         let client = &self.client;
         let results = try_join_all(runs.iter().map(|run| async move {
             let params: Vec<&(dyn ToSql + Sync)> = run.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            client.execute(&run.statement, &params).await.map(|n| (n, run))
+            client.execute(&run.statement, &params).await.map(|n| (n, run)).map_err(|e| (e, run))
         }))
         .await
-        .map_err(|e| {
+        .map_err(|(e, run)| {
+            // Rows of one statement may trade a unique value that the source moved one row at a
+            // time; PostgreSQL checks such an index row by row. From now on that table's changes
+            // go one per statement, and the batch is applied again from the checkpoint.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) && run.rows > 1 && one_by_one(&run.table, true) {
+                return ConnectorError::conflict(format!(
+                    "a statement over {} rows of {} hit a unique index; applying its changes one by one from now on",
+                    run.rows, run.table
+                ));
+            }
             crate::error::classify("cannot apply changes to the target", e)
         })?;
         for (affected, run) in results {
@@ -525,4 +537,18 @@ impl ToSql for TextArray {
     }
 
     to_sql_checked!();
+}
+
+/// Tables whose changes are applied one per statement, learned for the life of the process
+/// (a sink is made anew after each retry). With `learn`, adds `table`; returns whether it is
+/// (now) one of them, and when learning, whether it was newly added.
+fn one_by_one(table: &TableId, learn: bool) -> bool {
+    static TABLES: std::sync::Mutex<Option<HashSet<TableId>>> = std::sync::Mutex::new(None);
+    let mut tables = TABLES.lock().expect("one-by-one tables");
+    let tables = tables.get_or_insert_with(HashSet::new);
+    if learn {
+        tables.insert(table.clone())
+    } else {
+        tables.contains(table)
+    }
 }
