@@ -293,7 +293,15 @@ fn the_api_refuses_actions_without_a_token_and_serves_status_and_metrics() {
     for name in ["switchyard_lag_bytes{", "switchyard_verification_fraction{", "switchyard_cutover_in_progress{pipeline=\"api\"} 0", "switchyard_changes_applied_total{"] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }
+    // Teardown after a cutover also removes the way back from the shadow.
+    wait_verified(&pair, &mut process);
+    operate(&["cutover"], &pipeline, &mut process);
     process.stop();
+    let (status, output) = switchyard(&["teardown", "--drop-checkpoint"], &pipeline);
+    assert!(status.success() && output.contains("dropped replication slot switchyard_api_reverse on the shadow"), "{output}");
+    for cluster in [&pair.source, &pair.target] {
+        assert_eq!(cluster.psql("app", "SELECT count(*) FROM pg_replication_slots"), "0");
+    }
 }
 
 #[test]

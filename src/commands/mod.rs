@@ -250,6 +250,17 @@ pub async fn teardown(path: &Path, drop_checkpoint: bool) -> anyhow::Result<Exit
     }
     slot::drop_publication(&source, &file.publication_name()).await?;
     println!("dropped publication {}", file.publication_name());
+    // The way back, if a cutover ever armed it: its slot and publication live on the shadow.
+    let back = crate::cutover::way_back(&file);
+    let shadow = endpoints.target.connect().await?;
+    if let Some(state) = slot::slot_state(&shadow, &back.slot_name()).await? {
+        if state.active {
+            bail!("the way back of pipeline {} is running (slot {} on the shadow is active); stop `switchyard run` first", file.pipeline.name, back.slot_name());
+        }
+        slot::drop_slot(&shadow, &back.slot_name()).await?;
+        println!("dropped replication slot {} on the shadow", back.slot_name());
+    }
+    slot::drop_publication(&shadow, &back.publication_name()).await?;
     if drop_checkpoint {
         let target = endpoints.target.connect().await?;
         let store = registry::checkpoint_store(&file);

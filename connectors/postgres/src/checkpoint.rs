@@ -444,11 +444,10 @@ impl CheckpointStore {
 
     /// Forgets this pipeline (teardown).
     pub async fn remove(&self, client: &Client) -> Result<(), ConnectorError> {
-        let sql = format!(
-            "DELETE FROM {} WHERE pipeline = $1",
-            self.table("snapshot_chunks")
-        );
-        client.execute(&sql, &[&self.pipeline]).await.context(|| "cannot remove the snapshot plan".into())?;
+        for table in ["snapshot_chunks", "repairs", "verification", "cutovers"] {
+            let sql = format!("DELETE FROM {} WHERE pipeline = $1", self.table(table));
+            client.execute(&sql, &[&self.pipeline]).await.context(|| format!("cannot remove the pipeline's {table} records"))?;
+        }
         let sql = format!("DELETE FROM {} WHERE name = $1", self.table("pipelines"));
         client.execute(&sql, &[&self.pipeline]).await.context(|| "cannot remove the checkpoint".into())?;
         Ok(())
