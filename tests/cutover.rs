@@ -304,22 +304,30 @@ fn the_api_refuses_actions_without_a_token_and_serves_status_and_metrics() {
     }
 }
 
-#[test]
-fn a_failing_health_check_after_cutover_switches_back_on_its_own() {
+/// A pair loaded and streaming through pipeline `name` (with `extra` under [cutover]), first
+/// verified, then cut over to the shadow.
+fn cut_over(name: &str, extra: impl FnOnce(&Pair) -> String) -> (Pair, std::path::PathBuf, Switchyard) {
     let pair = Pair::start();
     seed_schemas(&pair);
     load_rows(&pair, 100, 2);
-    let unhealthy = pair.dir.path().join("unhealthy");
-    let auto = format!(
-        "[cutover.auto_switchback]\nenabled = true\nhealth_check = \"test ! -e {}\"\nhealth_failures = 2\nhealth_interval_seconds = 0.5\n",
-        unhealthy.display()
-    );
-    let pipeline = pair.pipeline("watched", &cutover_section(&auto));
+    let pipeline = pair.pipeline(name, &cutover_section(&extra(&pair)));
     let mut process = Switchyard::run(&pipeline);
-    pair.wait_caught_up("switchyard_watched", &mut process);
+    pair.wait_caught_up(&format!("switchyard_{name}"), &mut process);
     wait_verified(&pair, &mut process);
     let output = operate(&["cutover"], &pipeline, &mut process);
     assert!(output.contains("outcome: completed; live: the shadow database"), "{output}");
+    (pair, pipeline, process)
+}
+
+#[test]
+fn a_failing_health_check_after_cutover_switches_back_on_its_own() {
+    let (pair, _pipeline, mut process) = cut_over("watched", |pair| {
+        format!(
+            "[cutover.auto_switchback]\nenabled = true\nhealth_check = \"test ! -e {}\"\nhealth_failures = 2\nhealth_interval_seconds = 0.5\n",
+            pair.dir.path().join("unhealthy").display()
+        )
+    });
+    let unhealthy = pair.dir.path().join("unhealthy");
     // Healthy: nothing happens for a while.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(pair.target.psql("app", "SELECT live FROM switchyard.cutovers"), "shadow");
@@ -336,16 +344,9 @@ fn a_failing_health_check_after_cutover_switches_back_on_its_own() {
 
 #[test]
 fn drift_between_the_shadow_and_the_old_database_after_cutover_switches_back() {
-    let pair = Pair::start();
-    seed_schemas(&pair);
-    load_rows(&pair, 100, 2);
-    let auto = "[cutover.auto_switchback]\nenabled = true\ndrift_check_minutes = 0.02\nhealth_interval_seconds = 0.5\n";
-    let pipeline = pair.pipeline("drifting", &cutover_section(auto));
-    let mut process = Switchyard::run(&pipeline);
-    pair.wait_caught_up("switchyard_drifting", &mut process);
-    wait_verified(&pair, &mut process);
-    let output = operate(&["cutover"], &pipeline, &mut process);
-    assert!(output.contains("outcome: completed; live: the shadow database"), "{output}");
+    let (pair, _pipeline, mut process) = cut_over("drifting", |_| {
+        "[cutover.auto_switchback]\nenabled = true\ndrift_check_minutes = 0.02\nhealth_interval_seconds = 0.5\n".to_string()
+    });
     // Clean passes first: nothing happens.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(pair.target.psql("app", "SELECT live FROM switchyard.cutovers"), "shadow", "log:\n{}", process.log());

@@ -51,14 +51,11 @@ pub fn shaped_order_row(i: usize) -> Vec<Value> {
     row
 }
 
+fn column(name: &str, type_name: &str, type_oid: u32, nullable: bool) -> Column {
+    Column { name: name.into(), type_name: type_name.into(), type_oid, nullable, default: None }
+}
+
 pub fn orders_schema() -> Arc<TableSchema> {
-    let column = |name: &str, type_name: &str, type_oid: u32, nullable: bool| Column {
-        name: name.into(),
-        type_name: type_name.into(),
-        type_oid,
-        nullable,
-        default: None,
-    };
     Arc::new(TableSchema {
         id: TableId::new("public", "orders"),
         columns: vec![
@@ -230,13 +227,6 @@ pub fn read_snapshot(runtime: &tokio::runtime::Runtime, chunks: Vec<Bytes>) -> u
 }
 
 pub fn users_schema() -> Arc<TableSchema> {
-    let column = |name: &str, type_name: &str, type_oid: u32, nullable: bool| Column {
-        name: name.into(),
-        type_name: type_name.into(),
-        type_oid,
-        nullable,
-        default: None,
-    };
     Arc::new(TableSchema {
         id: TableId::new("public", "users"),
         columns: vec![

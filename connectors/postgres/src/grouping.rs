@@ -104,12 +104,13 @@ pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
     }
     let mut done: Vec<Group> = Vec::new();
     let mut segment: Vec<Open> = Vec::new();
-    let mut rows: HashSet<(TableId, Vec<Value>)> = HashSet::new();
+    // Rows by their table schema's address (a batch holds its schemas) and key.
+    let mut rows: HashSet<(usize, Vec<Value>)> = HashSet::new();
     // Per shape, the position of its last open group in the segment.
     let mut last: HashMap<Shape, usize> = HashMap::new();
     for (index, change) in changes.iter().enumerate() {
         let Some((shape, table)) = shape_of(change) else { continue };
-        let keys: Vec<(TableId, Vec<Value>)> = touched_keys(change).into_iter().map(|k| (table.id.clone(), k)).collect();
+        let keys: Vec<(usize, Vec<Value>)> = touched_keys(change).into_iter().map(|k| (shape.table, k)).collect();
         if keys.iter().any(|k| rows.contains(k)) {
             done.extend(segment.drain(..).map(|open| open.group));
             rows.clear();
