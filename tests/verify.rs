@@ -1,4 +1,4 @@
-use switchyard_postgres::digest::{PgDigest, Projection, RowSet};
+use switchyard_postgres::digest::{ColumnHash, PgDigest, Projection, RowHash, RowSet};
 use switchyard_postgres::Endpoint;
 
 use crate::support::*;
@@ -36,16 +36,23 @@ fn verify_finds_each_injected_fault_with_key_and_column() {
     let writer = switchyard_testkit::SqlLoad::start(&pair.source, "app", |n| {
         format!("{} SELECT pg_sleep(0.02);", switchyard_testkit::seed_statement(3, n))
     });
-    let (status, text) = switchyard(&["verify", "--json"], &pipeline);
+    let differences_found = |pipeline: &std::path::Path| -> Vec<String> {
+        let (status, text) = switchyard(&["verify", "--json"], pipeline);
+        assert_eq!(status.code(), Some(1), "{text}");
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["differences"].as_array().unwrap().iter().map(|d| format!("{} {} {}", d["kind"].as_str().unwrap(), d["key"].as_str().unwrap(), d["columns"])))
+            .collect()
+    };
+    let differences = differences_found(&pipeline);
+    // The portable canonical hash finds exactly what the native one (the default here) finds.
+    let canonical = pipeline.with_file_name("tenantize-canonical.toml");
+    std::fs::write(&canonical, std::fs::read_to_string(&pipeline).unwrap() + "\n[verify]\ndigest = \"canonical\"\n").unwrap();
+    assert_eq!(differences_found(&canonical), differences);
     writer.finish();
-    assert_eq!(status.code(), Some(1), "{text}");
-    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let differences: Vec<String> = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|t| t["differences"].as_array().unwrap().iter().map(|d| format!("{} {} {}", d["kind"].as_str().unwrap(), d["key"].as_str().unwrap(), d["columns"])))
-        .collect();
     let tenant = "tenant_id=00000000-0000-0000-0000-000000000001";
     for expected in [
         format!("changed id=10, {tenant} [\"amount\"]"),
@@ -105,6 +112,7 @@ fn in_database_digest_equals_the_canonical_one() {
             conditions: vec![],
             range: None,
             typed: vec![],
+            hash: Default::default(),
         };
         let (in_database, _) = digest.digest(&rows).await.unwrap();
         let mut here = switchyard_core::digest::ChunkDigest::default();
@@ -113,6 +121,82 @@ fn in_database_digest_equals_the_canonical_one() {
         }
         assert_eq!(in_database, here);
         assert_eq!(here.rows, 5);
+    });
+}
+
+/// The native digest (each column through its type's hash) is equal for equal rows in another
+/// table, and tells apart a change in any one column, NULL for a value, and two values trading
+/// columns: for every type of the types test.
+#[test]
+fn native_digest_tells_apart_a_change_in_any_column() {
+    let cluster = PgCluster::start();
+    cluster.create_database("app");
+    let columns = ["id", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"];
+    let definition = "(id int PRIMARY KEY, a text, b numeric, c float8, d timestamptz, e bytea, f jsonb, g int[], h interval, i bool, j json, k uuid)";
+    cluster.psql(
+        "app",
+        &format!(
+            "CREATE TABLE t {definition}; CREATE TABLE u {definition};
+             INSERT INTO t VALUES (1, 'ünï ✓', 12.5, 1.5, '2024-06-01 12:00+02', '\\x00ff', '{{\"k\": [1, 2]}}', '{{1,NULL}}', '1 day -02:00', true, '{{\"a\": 1}}', gen_random_uuid()),
+                                  (2, 'b', 2, 2, '2024-06-02', '\\x01', '[]', '{{}}', '0', false, '[]', gen_random_uuid()),
+                                  (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+             INSERT INTO u SELECT * FROM t;"
+        ),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let digest = PgDigest::connect(&Endpoint::parse(&cluster.url("app")).unwrap()).await.unwrap();
+        let type_oids: Vec<u32> = digest
+            .client()
+            .query("SELECT atttypid FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 ORDER BY attnum", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let hashes = digest.column_hashes(&type_oids).await.unwrap();
+        assert!(matches!(&hashes[0], ColumnHash::Function(_, f) if f == "hashint4extended"), "{hashes:?}");
+        assert_eq!(hashes[1], ColumnHash::Text, "text is collatable: hashed under C");
+        assert_eq!(hashes[10], ColumnHash::Text, "json has no hash opclass");
+        // A projected constant (an attached tenant) is left out of the hash.
+        let rows = |table: &str| RowSet {
+            table: switchyard_core::TableId::new("public", table),
+            columns: columns.iter().map(|c| Projection::Column(c.to_string())).chain([Projection::Constant("k".into())]).collect(),
+            conditions: vec![],
+            range: None,
+            typed: vec![],
+            hash: RowHash::Native(hashes.iter().cloned().chain([ColumnHash::Skip]).collect()),
+        };
+        let (original, _) = digest.digest(&rows("t")).await.unwrap();
+        let digest_of_u = || async { digest.digest(&rows("u")).await.unwrap().0 };
+        assert_eq!(digest_of_u().await, original);
+        assert_eq!(original.rows, 3);
+        for column in &columns[1..] {
+            for change in [
+                format!("UPDATE u SET {column} = NULL WHERE id = 1"),
+                format!("UPDATE u SET {column} = (SELECT {column} FROM t WHERE id = 1) WHERE id = 3"),
+                format!("UPDATE u SET {column} = (SELECT {column} FROM t WHERE id = 2) WHERE id = 1"),
+            ] {
+                cluster.psql("app", &change);
+                assert_ne!(digest_of_u().await, original, "{change}");
+                cluster.psql("app", "DELETE FROM u; INSERT INTO u SELECT * FROM t;");
+                assert_eq!(digest_of_u().await, original, "restored after {change}");
+            }
+        }
+        // Values trading columns of the same type are a change too: positions seed the hashes.
+        cluster.psql(
+            "app",
+            "ALTER TABLE t ADD COLUMN l int; ALTER TABLE u ADD COLUMN l int;
+             UPDATE t SET l = 7 WHERE id = 1; UPDATE u SET id = 7, l = 1 WHERE id = 1;",
+        );
+        let mut hashes_with_l = hashes.clone();
+        hashes_with_l.push(hashes[0].clone());
+        let with_l = |table: &str| RowSet {
+            columns: columns.iter().chain(&["l"]).map(|c| Projection::Column(c.to_string())).collect(),
+            hash: RowHash::Native(hashes_with_l.clone()),
+            ..rows(table)
+        };
+        assert_ne!(digest.digest(&with_l("t")).await.unwrap().0, digest.digest(&with_l("u")).await.unwrap().0);
     });
 }
 

@@ -10,7 +10,7 @@
 //!
 //! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60), `--rates 1000,2000`;
 //! `--skip-peers` leaves out the snapshot peers that the stream figures do not need (for quick
-//! iterations; a full run is what counts).
+//! iterations; a full run is what counts), `--skip-stream` the catch-up and lag figures.
 
 mod stream;
 
@@ -40,6 +40,7 @@ fn main() {
         .map(|r| r.trim().parse().expect("--rates takes numbers, e.g. 1000,2000"))
         .collect();
     let skip_peers = std::env::args().any(|a| a == "--skip-peers");
+    let skip_stream = std::env::args().any(|a| a == "--skip-stream");
     let switchyard = release_binary();
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     let source = PgCluster::start_with(switchyard_testkit::PgOptions {
@@ -291,9 +292,11 @@ fn main() {
         users,
         orders,
     };
-    stream.catch_up(&mut figures, scale * 100_000);
-    for rate in &rates {
-        stream.lag(&mut figures, *rate, lag_seconds);
+    if !skip_stream {
+        stream.catch_up(&mut figures, scale * 100_000);
+        for rate in &rates {
+            stream.lag(&mut figures, *rate, lag_seconds);
+        }
     }
 
     figures.push(Figure { figure: "peak_rss_snapshot".into(), tool: "switchyard", value: peak_rss as f64, unit: "MiB" });

@@ -154,6 +154,19 @@ pub struct VerifySection {
     /// Rows per second the continuous verifier may read from each side.
     pub rows_per_second: u64,
     pub full_pass_minutes: u64,
+    /// How chunks are hashed; see `DigestMethod`.
+    pub digest: DigestMethod,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DigestMethod {
+    /// Each column through its type's own hash inside PostgreSQL, where both sides run the same
+    /// major version and the column has the same type on both; the canonical hash elsewhere.
+    #[default]
+    Auto,
+    /// Always the canonical encoding (md5 of each row's record text): slower, engine-neutral.
+    Canonical,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -177,6 +190,7 @@ impl Default for VerifySection {
             continuous_chunk_rows: 10_000,
             rows_per_second: 200_000,
             full_pass_minutes: 60,
+            digest: DigestMethod::Auto,
         }
     }
 }

@@ -74,6 +74,12 @@ impl TableReport {
         self.differences.extend(chunk.differences.into_iter().take(room));
     }
 
+    /// A clean outcome covering several chunks.
+    pub fn add_span(&mut self, clean: ChunkOutcome, chunks: u64) {
+        self.add(clean, 0);
+        self.chunks += chunks.saturating_sub(1);
+    }
+
     pub fn rows_per_second(&self) -> f64 {
         if self.seconds > 0.0 {
             self.source_rows.max(self.target_rows) as f64 / self.seconds

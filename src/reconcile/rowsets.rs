@@ -2,7 +2,7 @@
 //! rows that belong to this pipeline.
 
 use switchyard_core::TableSchema;
-use switchyard_postgres::digest::{Condition, Projection, RowSet};
+use switchyard_postgres::digest::{ColumnHash, Condition, Projection, RowHash, RowSet};
 
 use crate::transform::filter::Test;
 use crate::transform::{Origin, TablePlan};
@@ -40,7 +40,7 @@ impl Sides {
                 }
             })
             .collect();
-        let source = RowSet { table: source_table.id.clone(), columns, conditions, range: None, typed: Vec::new() };
+        let source = RowSet { table: source_table.id.clone(), columns, conditions, range: None, typed: Vec::new(), hash: RowHash::Canonical };
         let target = RowSet {
             table: plan.target.id.clone(),
             columns: plan.target.columns.iter().map(|c| Projection::Column(c.name.clone())).collect(),
@@ -51,6 +51,7 @@ impl Sides {
                 .collect(),
             range: None,
             typed: Vec::new(),
+            hash: RowHash::Canonical,
         };
         // Ranges run over the source's first key column, which the target has under its shaped name.
         let first_key = source_table.key[0];
@@ -73,6 +74,32 @@ impl Sides {
                 _ => None,
             })
             .collect();
+        self
+    }
+
+    /// The source's type OIDs of the columns the native hash would cover, when every one of them
+    /// has the same type on the target; None when some differ (then only the canonical hash
+    /// compares them).
+    pub fn native_hash_types(&self, plan: &TablePlan, target: &TableSchema) -> Option<Vec<Option<u32>>> {
+        plan.origins()
+            .iter()
+            .zip(&plan.target.columns)
+            .map(|(origin, shaped)| match origin {
+                Origin::Constant(_) => Some(None),
+                Origin::Source(i) => {
+                    let source = &plan.source.columns[*i];
+                    let target = target.columns.iter().find(|c| c.name == shaped.name)?;
+                    (source.type_name == target.type_name).then_some(Some(source.type_oid))
+                }
+            })
+            .collect()
+    }
+
+    /// Both sides hash rows natively, column by column (a constant column, which the target's
+    /// rows are filtered by, is left out).
+    pub fn with_native_hash(mut self, hashes: Vec<ColumnHash>) -> Sides {
+        self.source.hash = RowHash::Native(hashes.clone());
+        self.target.hash = RowHash::Native(hashes);
         self
     }
 
