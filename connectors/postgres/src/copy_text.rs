@@ -99,6 +99,40 @@ pub fn write_line(values: &[Value], out: &mut BytesMut) {
     out.put_u8(b'\n');
 }
 
+/// Values as COPY text to end a line with, each after a tab (see `append_with_suffix`).
+pub fn suffix(values: &[Value]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for value in values {
+        out.put_u8(b'\t');
+        match value {
+            Value::Null | Value::Unchanged => out.put_slice(b"\\N"),
+            Value::Text(text) => write_escaped(text, &mut out),
+        }
+    }
+    out.to_vec()
+}
+
+/// Copies COPY text data to `out`, with `suffix` put before each newline; returns how many lines
+/// it ended. Data may break anywhere, even inside a line: a newline byte only ever ends a line
+/// (one inside a value travels as `\n`).
+pub fn append_with_suffix(data: &[u8], suffix: &[u8], out: &mut BytesMut) -> u64 {
+    if suffix.is_empty() {
+        out.extend_from_slice(data);
+        return memchr::memchr_iter(b'\n', data).count() as u64;
+    }
+    let mut lines = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', data) {
+        out.extend_from_slice(&data[start..end]);
+        out.extend_from_slice(suffix);
+        out.put_u8(b'\n');
+        start = end + 1;
+        lines += 1;
+    }
+    out.extend_from_slice(&data[start..]);
+    lines
+}
+
 fn write_escaped(text: &[u8], out: &mut BytesMut) {
     let mut start = 0;
     for (i, &c) in text.iter().enumerate() {
@@ -166,6 +200,27 @@ mod tests {
         parse_line(Bytes::from_static(b"a\\101\\x41\\b\tx"), &mut out).unwrap();
         assert_eq!(out, vec![Value::Text(Bytes::from_static(b"aAA\x08")), Value::text("x")]);
         assert!(parse_line(Bytes::from_static(b"bad\\"), &mut out).is_err());
+    }
+
+    #[test]
+    fn suffix_goes_before_each_newline_wherever_data_breaks() {
+        let suffix = suffix(&[Value::text("t\\1"), Value::Null]);
+        assert_eq!(suffix, b"\tt\\\\1\t\\N");
+        let data = b"1\ta\\nb\n2\t\\N\n";
+        let whole = {
+            let mut out = BytesMut::new();
+            assert_eq!(append_with_suffix(data, &suffix, &mut out), 2);
+            out
+        };
+        assert_eq!(&whole[..], b"1\ta\\nb\tt\\\\1\t\\N\n2\t\\N\tt\\\\1\t\\N\n");
+        for cut in 0..data.len() {
+            let mut out = BytesMut::new();
+            let lines = append_with_suffix(&data[..cut], &suffix, &mut out) + append_with_suffix(&data[cut..], &suffix, &mut out);
+            assert_eq!((lines, &out[..]), (2, &whole[..]), "cut at {cut}");
+        }
+        let mut plain = BytesMut::new();
+        assert_eq!(append_with_suffix(data, b"", &mut plain), 2);
+        assert_eq!(&plain[..], data);
     }
 
     #[test]

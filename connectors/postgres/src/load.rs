@@ -5,7 +5,7 @@ use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
-use switchyard_core::{ConnectorError, Position, TableSchema, Value};
+use switchyard_core::{ConnectorError, Position, TableId, TableSchema, Value};
 use tokio_postgres::{Client, CopyInSink};
 
 use crate::checkpoint::{CheckpointStore, ChunkRecord};
@@ -44,10 +44,16 @@ impl BulkLoader {
 
     /// Begins loading one chunk into `table` (its columns in order).
     pub async fn start(&self, table: &TableSchema) -> Result<ChunkLoad<'_>, ConnectorError> {
+        let columns: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        self.start_columns(&table.id, &columns).await
+    }
+
+    /// Begins loading one chunk into these columns of `table`, in this order.
+    pub async fn start_columns(&self, table: &TableId, columns: &[&str]) -> Result<ChunkLoad<'_>, ConnectorError> {
         self.client.batch_execute("BEGIN").await.context(|| "cannot begin a chunk".into())?;
-        let columns = table.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
-        let sql = format!("COPY {} ({columns}) FROM STDIN", quote_table(&table.id));
-        let copy = self.client.copy_in(&sql).await.context(|| format!("cannot copy into {}", table.id))?;
+        let columns = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let sql = format!("COPY {} ({columns}) FROM STDIN", quote_table(table));
+        let copy = self.client.copy_in(&sql).await.context(|| format!("cannot copy into {table}"))?;
         Ok(ChunkLoad { loader: self, copy: Box::pin(copy), buffer: BytesMut::with_capacity(SEND_THRESHOLD * 2), rows: 0 })
     }
 }
@@ -56,6 +62,19 @@ impl ChunkLoad<'_> {
     pub async fn push(&mut self, row: &[Value]) -> Result<(), ConnectorError> {
         copy_text::write_line(row, &mut self.buffer);
         self.rows += 1;
+        self.send_if_full().await
+    }
+
+    /// Passes COPY text data from the source through, `suffix` (constant values) added to each
+    /// line; returns the lines it ended.
+    pub async fn push_text(&mut self, data: &[u8], suffix: &[u8]) -> Result<u64, ConnectorError> {
+        let lines = copy_text::append_with_suffix(data, suffix, &mut self.buffer);
+        self.rows += lines as i64;
+        self.send_if_full().await?;
+        Ok(lines)
+    }
+
+    async fn send_if_full(&mut self) -> Result<(), ConnectorError> {
         if self.buffer.len() >= SEND_THRESHOLD {
             let bytes = self.buffer.split().freeze();
             self.copy.send(bytes).await.context(|| "copy into the target broke".into())?;

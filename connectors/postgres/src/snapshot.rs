@@ -52,14 +52,25 @@ impl SnapshotReader {
         schema: &TableSchema,
         range: Option<(&str, i64, i64)>,
     ) -> Result<impl Stream<Item = Result<Bytes, ConnectorError>> + Send + 'static, ConnectorError> {
-        let columns = schema.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        self.copy_out_columns(&schema.id, &columns, range).await
+    }
+
+    /// Like `copy_out`, these columns in this order.
+    pub async fn copy_out_columns(
+        &self,
+        table: &TableId,
+        columns: &[&str],
+        range: Option<(&str, i64, i64)>,
+    ) -> Result<impl Stream<Item = Result<Bytes, ConnectorError>> + Send + 'static, ConnectorError> {
+        let columns = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         // COPY takes no parameters; the bounds are integers this process computed, not user text.
         let filter = match range {
             Some((column, lo, hi)) => format!(" WHERE {c} >= {lo} AND {c} < {hi}", c = quote_ident(column)),
             None => String::new(),
         };
-        let sql = format!("COPY (SELECT {columns} FROM {}{filter}) TO STDOUT", quote_table(&schema.id));
-        let table = schema.id.clone();
+        let sql = format!("COPY (SELECT {columns} FROM {}{filter}) TO STDOUT", quote_table(table));
+        let table = table.clone();
         let stream = self.client.copy_out(&sql).await.context(|| format!("cannot copy table {table}"))?;
         Ok(stream.map(move |chunk| chunk.map_err(|e| crate::error::classify(format!("copy of {table} broke"), e))))
     }
