@@ -109,3 +109,40 @@ fn rows_trading_a_unique_value_in_one_batch_are_applied_in_source_order() {
     assert!(process.log().contains("applying its changes one by one"), "the grouped statement did not hit the index; log:\n{}", process.log());
     process.stop();
 }
+
+/// Changes are applied as a replica (`[apply] as_replica`, on by default): a target trigger that
+/// refuses every write, and a child whose parent the target does not have, do not stop the
+/// stream; with `as_replica = false` the trigger fires and the pipeline reports its error.
+#[test]
+fn apply_as_replica_skips_target_triggers_and_foreign_keys() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 20, 1);
+    let pipeline = pair.pipeline("replica", TENANTIZE);
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_replica", &mut process);
+    pair.target.psql(
+        "app",
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by trigger'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse();
+         ALTER TABLE orders DROP CONSTRAINT orders_tenant_id_user_id_fkey;
+         ALTER TABLE orders ADD FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id);
+         DELETE FROM orders WHERE user_id = 20; DELETE FROM users WHERE id = 20;",
+    );
+    pair.source.psql("app", "INSERT INTO orders (user_id, amount, status) VALUES (20, 1, 'new'); UPDATE orders SET amount = 2 WHERE id = 1;");
+    pair.wait_caught_up("switchyard_replica", &mut process);
+    assert_eq!(pair.target.psql("app", "SELECT count(*) FROM orders WHERE user_id = 20"), "1");
+    assert_eq!(pair.target.psql("app", "SELECT amount FROM orders WHERE id = 1"), "2.00");
+    process.stop();
+
+    let checked = pair.pipeline("replica", &format!("{TENANTIZE}\n[apply]\nas_replica = false\n"));
+    let process = Switchyard::run(&checked);
+    pair.source.psql("app", "UPDATE orders SET amount = 3 WHERE id = 1;");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !process.log().contains("refused by trigger") {
+        assert!(std::time::Instant::now() < deadline, "the trigger did not fire; log:\n{}", process.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(pair.target.psql("app", "SELECT amount FROM orders WHERE id = 1"), "2.00");
+    process.stop();
+}

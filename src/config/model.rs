@@ -125,11 +125,15 @@ pub struct ApplySection {
     /// Changes grouped into one target transaction (whole source transactions only; a larger
     /// source transaction is applied in parts of this size inside one target transaction).
     pub max_batch_changes: usize,
+    /// Apply with `session_replication_role = replica`, as native logical replication does:
+    /// the target's foreign key checks and ordinary triggers do not fire for applied changes
+    /// (the source checked them; `verify` counts orphans). False keeps them firing.
+    pub as_replica: bool,
 }
 
 impl Default for ApplySection {
     fn default() -> Self {
-        ApplySection { max_batch_changes: 20_000 }
+        ApplySection { max_batch_changes: 20_000, as_replica: true }
     }
 }
 

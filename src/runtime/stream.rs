@@ -84,6 +84,9 @@ pub(super) async fn follow(
     let (acknowledge, acknowledgements) = watch::channel(None);
     let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
     let mut sink = PgSink::new(target_client, store.clone());
+    if file.apply.as_replica {
+        sink.apply_as_replica().await;
+    }
     sink.expect_repairs(repairs_version);
     tracing::info!(position = %start, "following the change stream");
     let verifier = touched
