@@ -19,9 +19,20 @@ fn survives_kill_9_at_twenty_points_under_load() {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        // Early points land in the snapshot, later ones while streaming.
-        let millis = 150 + (state % 1200) + point * 40;
-        std::thread::sleep(Duration::from_millis(millis));
+        if point < 3 {
+            // The first points land inside the copy: a few milliseconds after it starts or
+            // resumes (the copy is too quick for a fixed delay to find it on every machine).
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let started = |log: &str| log.contains("copying the snapshot") || log.contains("resuming the snapshot") || log.contains("following the change stream");
+            while !started(&process.log()) {
+                assert!(std::time::Instant::now() < deadline, "the pipeline did not start; log:\n{}", process.log());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(10 + state % 60));
+        } else {
+            // Later ones while streaming, or anywhere.
+            std::thread::sleep(Duration::from_millis(150 + (state % 1200) + point * 40));
+        }
         logs.push(process.log());
         process.kill9();
     }
