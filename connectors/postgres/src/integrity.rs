@@ -4,7 +4,8 @@
 //! by several pipelines, `only` limits each check to this pipeline's rows (e.g. its tenant_id).
 
 use switchyard_core::{ConnectorError, TableId};
-use tokio_postgres::types::ToSql;
+use bytes::BytesMut;
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::error::PgResultExt;
@@ -56,12 +57,14 @@ pub async fn foreign_keys(client: &Client, table: &TableId) -> Result<Vec<Foreig
         .collect())
 }
 
-/// `col = $n AND ...` over the child alias, for the pipeline's own rows.
+/// `col = $n AND ...` over the child alias, for the pipeline's own rows. The column is compared
+/// by its own type (the server types the parameter after it), so an index on it serves and no
+/// row's value is printed as text.
 fn only_clause(alias: &str, only: &[(String, String)], params: &mut Vec<String>) -> String {
     only.iter()
         .map(|(column, value)| {
             params.push(value.clone());
-            format!("{alias}.{}::text = ${}", quote_ident(column), params.len())
+            format!("{alias}.{} = ${}", quote_ident(column), params.len())
         })
         .chain(std::iter::once("true".to_string()))
         .collect::<Vec<_>>()
@@ -75,6 +78,7 @@ async fn count_and_examples(
     params: &[String],
     what: &str,
 ) -> Result<Violations, ConnectorError> {
+    let params: Vec<AnyTypeText> = params.iter().map(|p| AnyTypeText(p)).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let count: i64 = client
         .query_one(&format!("SELECT count(*) {from_where}"), &refs)
@@ -155,4 +159,25 @@ pub async fn rule_violations(
     let only = only_clause("c", only, &mut params);
     let from_where = format!("FROM {} c WHERE {only} AND ({predicate}) IS NOT TRUE", quote_table(table));
     count_and_examples(client, &from_where, key, &params, &format!("rule {predicate:?} on {table}")).await
+}
+
+/// A parameter of whatever type the server infers, sent as text for that type's input function.
+#[derive(Debug)]
+struct AnyTypeText<'a>(&'a str);
+
+impl ToSql for AnyTypeText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
 }
