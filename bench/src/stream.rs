@@ -197,6 +197,10 @@ impl Stream<'_> {
                 child.wait().unwrap();
                 figures.push(Figure { figure: format!("peak_rss_streaming@{rate}tx/s"), tool: "switchyard", value: peak as f64, unit: "MiB" });
             }
+            // When the worst sample came, seconds into the run: a spike at the start is the
+            // process warming up, one later is the steady state.
+            let worst_at = samples.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0.0, |(i, _)| i as f64 * 0.1);
+            println!("figure=lag_worst rate={rate} tool={tool} at_s={worst_at:.1}");
             samples.sort_by(|a, b| a.total_cmp(b));
             let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
             let (p50, p99, max) = (at(0.5), at(0.99), samples.last().copied().unwrap_or(f64::NAN));
