@@ -92,7 +92,7 @@ impl Checker<'_> {
         if self.file.verify.digest == DigestMethod::Canonical {
             return Ok(sides);
         }
-        let Some(types) = sides.native_hash_types(plan, &target_table.schema) else { return Ok(sides) };
+        let Some(types) = rowsets::Sides::native_hash_types(plan, &target_table.schema) else { return Ok(sides) };
         let (source_version, target_version) = tokio::join!(self.source.major_version(), self.target.major_version());
         if source_version? != target_version? {
             return Ok(sides);

@@ -80,7 +80,7 @@ impl Sides {
     /// The source's type OIDs of the columns the native hash would cover, when every one of them
     /// has the same type on the target; None when some differ (then only the canonical hash
     /// compares them).
-    pub fn native_hash_types(&self, plan: &TablePlan, target: &TableSchema) -> Option<Vec<Option<u32>>> {
+    pub fn native_hash_types(plan: &TablePlan, target: &TableSchema) -> Option<Vec<Option<u32>>> {
         plan.origins()
             .iter()
             .zip(&plan.target.columns)

@@ -92,6 +92,7 @@ pub enum ColumnHash {
 
 pub struct PgDigest {
     client: Client,
+    major_version: std::sync::OnceLock<i32>,
 }
 
 /// SQL text for a row set, with its parameters.
@@ -109,8 +110,8 @@ enum Param {
 }
 
 impl Query {
-    /// `project`: select the columns' text (to read rows, or for the canonical hash); a native
-    /// digest does not, so it passes no parameter for a projected constant.
+    /// `project`: select the columns' text (to read rows, or for the canonical hash). Without it
+    /// (a native digest, a count, key bounds), a projected constant passes no parameter.
     fn build(rows: &RowSet, project: bool) -> Query {
         let mut params = Vec::new();
         let mut param = |p: Param| {
@@ -188,23 +189,15 @@ impl Query {
             .collect()
     }
 
-    /// One row's hash (canonical, or native when the row set says so).
-    fn row_hash_sql(&self, hash: &RowHash) -> String {
-        match hash {
+    /// Each row hashed (canonically, or natively when the row set says so), summed.
+    fn digest_sql(&self, hash: &RowHash) -> String {
+        let row_hash = match hash {
             // The canonical encoding of `core::digest`: a record literal of the values' text.
             RowHash::Canonical => format!("('x' || substr(md5(ROW({})::text), 1, 16))::bit(64)::bigint", self.columns.join(", ")),
             RowHash::Native(_) if self.column_hashes.is_empty() => "0::bigint".to_string(),
             RowHash::Native(_) => self.column_hashes.join(" # "),
-        }
-    }
-
-    /// Each row hashed, summed.
-    fn digest_sql(&self, hash: &RowHash) -> String {
-        format!(
-            "SELECT count(*), coalesce(sum({}), 0)::text, pg_current_wal_insert_lsn()::text{}",
-            self.row_hash_sql(hash),
-            self.from_where
-        )
+        };
+        format!("SELECT count(*), coalesce(sum({row_hash}), 0)::text, pg_current_wal_insert_lsn()::text{}", self.from_where)
     }
 }
 
@@ -220,7 +213,7 @@ impl PgDigest {
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, ConnectorError> {
         let client = endpoint.connect().await?;
         client.batch_execute(SESSION).await.context(|| "cannot set up a digest session".into())?;
-        Ok(PgDigest { client })
+        Ok(PgDigest { client, major_version: Default::default() })
     }
 
     /// The digest of a row set, and the WAL insert position read in the same statement: every
@@ -237,8 +230,7 @@ impl PgDigest {
 
     /// The rows of a row set, columns in its order.
     pub async fn count(&self, rows: &RowSet) -> Result<i64, ConnectorError> {
-        let conditions_only = RowSet { columns: Vec::new(), ..rows.clone() };
-        let query = Query::build(&conditions_only, true);
+        let query = Query::build(rows, false);
         let sql = format!("SELECT count(*){}", query.from_where);
         let row = self.client.query_one(&sql, &query.params()).await.context(|| format!("cannot count the rows of {}", rows.table))?;
         Ok(row.get(0))
@@ -272,8 +264,7 @@ impl PgDigest {
 
     /// The smallest and largest value of an integer column among a row set's rows.
     pub async fn integer_bounds(&self, rows: &RowSet, column: &str) -> Result<Option<(i64, i64)>, ConnectorError> {
-        // Only the rows matter here: projected constants would be parameters nothing uses.
-        let query = Query::build(&RowSet { columns: Vec::new(), ..rows.clone() }, true);
+        let query = Query::build(rows, false);
         let sql = format!("SELECT min({c})::bigint, max({c})::bigint{}", query.from_where, c = quote_ident(column));
         let row = self.client.query_one(&sql, &query.params()).await.context(|| format!("cannot find the key range of {}", rows.table))?;
         Ok(row.get::<_, Option<i64>>(0).zip(row.get::<_, Option<i64>>(1)))
@@ -301,10 +292,13 @@ impl PgDigest {
         &self.client
     }
 
-    /// The server's major version: native hashes are only compared within one.
+    /// The server's major version (read once): native hashes are only compared within one.
     pub async fn major_version(&self) -> Result<i32, ConnectorError> {
+        if let Some(version) = self.major_version.get() {
+            return Ok(*version);
+        }
         let row = self.client.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await.context(|| "cannot read the server version".into())?;
-        Ok(row.get(0))
+        Ok(*self.major_version.get_or_init(|| row.get(0)))
     }
 
     /// How the native digest hashes a column of each of these types (by OID): the extended hash

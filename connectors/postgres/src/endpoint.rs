@@ -90,6 +90,21 @@ impl Endpoint {
 }
 
 /// Replaces the password of a URL's user-info part with `****`.
+/// Sets `session_replication_role = replica` on a target session, as PostgreSQL's own logical
+/// replication does: foreign key checks and ordinary triggers do not fire for the rows it
+/// writes, which the source already checked. It takes superuser (or, on PostgreSQL 15+,
+/// `GRANT SET ON PARAMETER session_replication_role`); without it, `writing` ("copying",
+/// "applying") goes on with them on, said once in the log. True when it is set.
+pub async fn act_as_replica(client: &Client, writing: &str) -> bool {
+    match client.batch_execute("SET session_replication_role = replica").await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "{writing} with foreign key checks and triggers on: the target user cannot set session_replication_role");
+            false
+        }
+    }
+}
+
 pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };
     let rest = &url[scheme_end + 3..];

@@ -32,13 +32,9 @@ pub struct ChunkLoad<'a> {
 impl BulkLoader {
     pub async fn connect(endpoint: &Endpoint, store: CheckpointStore) -> Result<Self, ConnectorError> {
         let client = endpoint.connect().await?;
-        // Snapshot rows were checked by the source already; skipping triggers and FK checks on
-        // the target lets chunks of related tables load in any order. It needs superuser, so
-        // without it chunks load with checks on (and parallel copies of FK-related tables may
-        // have to retry in order).
-        if let Err(e) = client.batch_execute("SET session_replication_role = replica").await {
-            tracing::warn!(error = %e, "copying with foreign key checks on: the target user cannot set session_replication_role");
-        }
+        // Skipping triggers and FK checks lets chunks of related tables load in any order;
+        // without the privilege, parallel copies of FK-related tables may have to retry in order.
+        crate::endpoint::act_as_replica(&client, "copying").await;
         Ok(BulkLoader { client, store })
     }
 

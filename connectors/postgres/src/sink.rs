@@ -69,18 +69,9 @@ impl PgSink {
         &self.client
     }
 
-    /// Applies as PostgreSQL's own logical replication does, with `session_replication_role =
-    /// replica`: foreign key checks and ordinary triggers on the target do not fire for applied
-    /// changes, which the source already checked. False when the target user may not set it
-    /// (it takes superuser, or `GRANT SET ON PARAMETER session_replication_role`).
+    /// Applies as PostgreSQL's own logical replication does (see `endpoint::act_as_replica`).
     pub async fn apply_as_replica(&self) -> bool {
-        match self.client.batch_execute("SET session_replication_role = replica").await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "applying with foreign key checks and triggers on: the target user cannot set session_replication_role");
-                false
-            }
-        }
+        crate::endpoint::act_as_replica(&self.client, "applying").await
     }
 
     async fn target(&mut self, id: &TableId) -> Result<&TableInfo, ConnectorError> {
