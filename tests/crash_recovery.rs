@@ -22,12 +22,9 @@ fn survives_kill_9_at_twenty_points_under_load() {
         if point < 3 {
             // The first points land inside the copy: a few milliseconds after it starts or
             // resumes (the copy is too quick for a fixed delay to find it on every machine).
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            let started = |log: &str| log.contains("copying the snapshot") || log.contains("resuming the snapshot") || log.contains("following the change stream");
-            while !started(&process.log()) {
-                assert!(std::time::Instant::now() < deadline, "the pipeline did not start; log:\n{}", process.log());
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            process.wait_for_log("the pipeline did not start", |log| {
+                log.contains("copying the snapshot") || log.contains("resuming the snapshot") || log.contains("following the change stream")
+            });
             std::thread::sleep(Duration::from_millis(10 + state % 60));
         } else {
             // Later ones while streaming, or anywhere.

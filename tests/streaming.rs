@@ -138,11 +138,7 @@ fn apply_as_replica_skips_target_triggers_and_foreign_keys() {
     let checked = pair.pipeline("replica", &format!("{TENANTIZE}\n[apply]\nas_replica = false\n"));
     let process = Switchyard::run(&checked);
     pair.source.psql("app", "UPDATE orders SET amount = 3 WHERE id = 1;");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !process.log().contains("refused by trigger") {
-        assert!(std::time::Instant::now() < deadline, "the trigger did not fire; log:\n{}", process.log());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    process.wait_for_log("the trigger did not fire", |log| log.contains("refused by trigger"));
     assert_eq!(pair.target.psql("app", "SELECT amount FROM orders WHERE id = 1"), "2.00");
     process.stop();
 }

@@ -107,6 +107,15 @@ impl Switchyard {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls the log (every 5 ms, up to 60 s) until `seen` holds for it; `what` names it if not.
+    pub fn wait_for_log(&self, what: &str, seen: impl Fn(&str) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !seen(&self.log()) {
+            assert!(std::time::Instant::now() < deadline, "{what}; log:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
             panic!("switchyard exited with {status}; log:\n{}", self.log());
