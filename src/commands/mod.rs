@@ -209,6 +209,8 @@ pub async fn verify(path: &Path, tables: Vec<String>, json: bool, repair: bool) 
         let output = serde_json::json!({
             "tables": report.tables,
             "integrity": report.integrity,
+            "checksum_seconds": report.checksum_seconds,
+            "integrity_seconds": report.integrity_seconds,
             "recheck": recheck.as_ref(),
             "equal": last.equal(),
         });

@@ -12,7 +12,7 @@ const TARGET: &[&str] = &["type", "url", "checkpoint_schema"];
 const SNAPSHOT: &[&str] = &["parallel", "chunk_rows"];
 const APPLY: &[&str] = &["max_batch_changes", "as_replica"];
 const VERIFY: &[&str] =
-    &["chunk_rows", "show_differences", "settle_seconds", "rules", "continuous", "continuous_chunk_rows", "rows_per_second", "full_pass_minutes", "digest"];
+    &["chunk_rows", "show_differences", "settle_seconds", "rules", "continuous", "continuous_chunk_rows", "rows_per_second", "full_pass_minutes", "digest", "parallel"];
 const CUTOVER: &[&str] = &[
     "max_lag_seconds",
     "drain_timeout_seconds",

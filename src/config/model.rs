@@ -160,6 +160,8 @@ pub struct VerifySection {
     pub full_pass_minutes: u64,
     /// How chunks are hashed; see `DigestMethod`.
     pub digest: DigestMethod,
+    /// Tables `switchyard verify` checks at once, each on its own pair of sessions.
+    pub parallel: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -195,6 +197,7 @@ impl Default for VerifySection {
             rows_per_second: 200_000,
             full_pass_minutes: 60,
             digest: DigestMethod::Auto,
+            parallel: 2,
         }
     }
 }

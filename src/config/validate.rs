@@ -46,6 +46,9 @@ pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     if file.snapshot.chunk_rows < 1000 {
         problems.push(Problem::new("snapshot.chunk_rows", "must be at least 1000"));
     }
+    if file.verify.parallel == 0 || file.verify.parallel > 64 {
+        problems.push(Problem::new("verify.parallel", "must be between 1 and 64"));
+    }
     if file.verify.chunk_rows < 100 {
         problems.push(Problem::new("verify.chunk_rows", "must be at least 100"));
     }

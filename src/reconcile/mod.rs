@@ -45,28 +45,60 @@ pub struct VerifyOptions {
     pub show_progress: bool,
 }
 
-/// One pass over every table of a pipeline.
+/// One pass over every table of a pipeline, `verify.parallel` tables at a time (each on its own
+/// pair of digest sessions: one session runs one statement at a time).
 pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Result<VerifyReport> {
     let endpoints = registry::endpoints(file)?;
     let source = PgDigest::connect(&endpoints.source).await?;
     let target = PgDigest::connect(&endpoints.target).await?;
     let tables = crate::runtime::load_source_tables(source.client(), file).await?;
     let mut shaper = Shaper::new(transform::chain(file)?);
-    let checker = Checker { file, source: &source, target: &target, slot: file.slot_name(), chunk_rows: file.verify.chunk_rows };
-    let mut report = VerifyReport::default();
-    let mut checked = Vec::new();
+    let mut plans = Vec::new();
     for table in &tables {
         let plan = shaper.plan(table).with_context(|| format!("cannot plan {}", table.id))?;
         let wanted = options.tables.is_empty()
             || options.tables.iter().any(|t| *t == table.id.to_string() || *t == plan.target.id.to_string() || *t == table.id.name);
         if wanted {
-            report.tables.push(checker.table(&plan, options.show_progress).await?);
-            checked.push(plan);
+            plans.push(plan);
         }
     }
-    let plans: Vec<&TablePlan> = checked.iter().map(|p| p.as_ref()).collect();
-    report.integrity = integrity::check(file, target.client(), &plans).await?;
-    Ok(report)
+    let started = Instant::now();
+    let bars = report::progress_bars(options.show_progress);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = file.verify.parallel.clamp(1, plans.len().max(1));
+    let checked = futures_util::future::try_join_all((0..workers).map(|worker| {
+        let (endpoints, plans, bars, next, first) = (&endpoints, &plans, &bars, &next, (worker == 0).then_some((&source, &target)));
+        async move {
+            let extra = match first {
+                Some(_) => None,
+                None => Some(tokio::try_join!(PgDigest::connect(&endpoints.source), PgDigest::connect(&endpoints.target))?),
+            };
+            let (source, target) = first.unwrap_or_else(|| {
+                let (source, target) = extra.as_ref().expect("sessions of an extra worker");
+                (source, target)
+            });
+            let checker = Checker { file, source, target, slot: file.slot_name(), chunk_rows: file.verify.chunk_rows };
+            let mut done = Vec::new();
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(plan) = plans.get(index) else { return anyhow::Ok(done) };
+                done.push((index, checker.table(plan, bars).await?));
+            }
+        }
+    }))
+    .await?;
+    let mut reports: Vec<(usize, TableReport)> = checked.into_iter().flatten().collect();
+    reports.sort_by_key(|(index, _)| *index);
+    let checksum_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let plans: Vec<&TablePlan> = plans.iter().map(|p| p.as_ref()).collect();
+    let integrity = integrity::check(file, target.client(), &plans).await?;
+    Ok(VerifyReport {
+        tables: reports.into_iter().map(|(_, table)| table).collect(),
+        integrity,
+        checksum_seconds,
+        integrity_seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Chunks a one-shot pass digests in one statement first: enough that a sequential scan pays
@@ -109,19 +141,24 @@ impl Checker<'_> {
         Ok(sides.with_native_hash(hashes))
     }
 
-    async fn table(&self, plan: &TablePlan, show_progress: bool) -> anyhow::Result<TableReport> {
+    async fn table(&self, plan: &TablePlan, bars: &indicatif::MultiProgress) -> anyhow::Result<TableReport> {
         let started = Instant::now();
         let sides = self.sides(plan).await?;
         let chunks = self.chunks(&sides).await?;
-        let progress = report::chunk_progress(&plan.target.id.to_string(), chunks.len() as u64, show_progress);
+        let progress = report::chunk_progress(bars, &plan.target.id.to_string(), chunks.len() as u64);
         let mut table = TableReport::new(&plan.source.id, &plan.target.id);
-        for group in chunks.chunks(SPAN_CHUNKS) {
+        let spans = chunks.chunks(SPAN_CHUNKS).count();
+        for (span, group) in chunks.chunks(SPAN_CHUNKS).enumerate() {
             // Many chunks at once first: one scan per side, planned for the whole span, proves
             // them all equal in the usual case. Only a span that differs is digested chunk by
             // chunk (and a chunk that differs, again after the stream passed the read, then
             // row by row).
             if let (true, Some(Some((lo, _))), Some(Some((_, hi)))) = (group.len() > 1, group.first(), group.last()) {
-                let (source_rows, target_rows) = sides.chunk(Some((*lo, *hi)));
+                // The first and last spans are open-ended (no rows lie beyond the key bounds),
+                // so a table of one span is read without comparing its key at all.
+                let lo = if span == 0 { i64::MIN } else { *lo };
+                let hi = if span + 1 == spans { i64::MAX } else { *hi };
+                let (source_rows, target_rows) = sides.chunk(Some((lo, hi)));
                 let (a, b) = tokio::join!(self.source.digest(&source_rows), self.target.digest(&target_rows));
                 let ((source_digest, _), (target_digest, _)) = (a?, b?);
                 if source_digest == target_digest {

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use switchyard_core::TableId;
 
@@ -94,6 +94,10 @@ pub struct VerifyReport {
     pub tables: Vec<TableReport>,
     /// Foreign keys, tenant isolation and business rules on the target.
     pub integrity: Vec<super::integrity::Finding>,
+    /// Wall time of the tables' checksum pass (tables run `verify.parallel` at a time, so this
+    /// is less than the sum of their own times) and of the integrity checks after it.
+    pub checksum_seconds: f64,
+    pub integrity_seconds: f64,
 }
 
 impl VerifyReport {
@@ -124,6 +128,21 @@ pub fn print_report(report: &VerifyReport) {
             table.rows_differing,
             table.seconds,
             table.rows_per_second()
+        );
+    }
+    if report.tables.len() > 1 {
+        let sum = |rows: fn(&TableReport) -> u64| report.tables.iter().map(rows).sum::<u64>();
+        let (source_rows, target_rows) = (sum(|t| t.source_rows), sum(|t| t.target_rows));
+        let rate = if report.checksum_seconds > 0.0 { source_rows.max(target_rows) as f64 / report.checksum_seconds } else { 0.0 };
+        println!(
+            "{:<28} {:>11} {:>11} {:>7} {:>9} {:>8.2} {:>10.0}",
+            "all tables (wall time)",
+            source_rows,
+            target_rows,
+            sum(|t| t.chunks),
+            sum(|t| t.rows_differing),
+            report.checksum_seconds,
+            rate
         );
     }
     for table in report.tables.iter().filter(|t| t.rows_differing > 0) {
@@ -164,9 +183,14 @@ pub fn print_report(report: &VerifyReport) {
     println!("\n{verdict}");
 }
 
-pub fn chunk_progress(table: &str, chunks: u64, show: bool) -> ProgressBar {
+/// Where the tables' progress bars are drawn: stderr when shown and a terminal, else nowhere.
+pub fn progress_bars(show: bool) -> MultiProgress {
     let target = if show && std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
-    let bar = ProgressBar::with_draw_target(Some(chunks), target);
+    MultiProgress::with_draw_target(target)
+}
+
+pub fn chunk_progress(bars: &MultiProgress, table: &str, chunks: u64) -> ProgressBar {
+    let bar = bars.add(ProgressBar::new(chunks));
     bar.set_style(ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} chunks  eta {eta}").expect("template").progress_chars("=> "));
     bar.set_prefix(table.to_string());
     bar

@@ -56,7 +56,7 @@ pub struct RowSet {
     pub table: TableId,
     pub columns: Vec<Projection>,
     pub conditions: Vec<Condition>,
-    /// `[lo, hi)` over an integer column.
+    /// `[lo, hi)` over an integer column; `i64::MIN` or `i64::MAX` leaves that end open.
     pub range: Option<(String, i64, i64)>,
     /// Columns compared by their own type rather than by text in `Equals` conditions (so an
     /// index on them can be used), with their SQL type names.
@@ -167,9 +167,14 @@ impl Query {
             });
         }
         if let Some((column, lo, hi)) = &rows.range {
-            let lo = param(Param::Text(lo.to_string()));
-            let hi = param(Param::Text(hi.to_string()));
-            clauses.push(format!("{c} >= {lo}::text::bigint AND {c} < {hi}::text::bigint", c = quote_ident(column)));
+            // i64::MIN and i64::MAX leave that end open: a range over a whole table costs no
+            // comparisons per row.
+            if *lo != i64::MIN {
+                clauses.push(format!("{} >= {}::text::bigint", quote_ident(column), param(Param::Text(lo.to_string()))));
+            }
+            if *hi != i64::MAX {
+                clauses.push(format!("{} < {}::text::bigint", quote_ident(column), param(Param::Text(hi.to_string()))));
+            }
         }
         let mut from_where = format!(" FROM {}", quote_table(&rows.table));
         if !clauses.is_empty() {
