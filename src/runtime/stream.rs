@@ -146,7 +146,9 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
             };
             let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())?;
             let changes = batch.changes.len();
+            let writing = Instant::now();
             let committed = sink.write(&batch).await?;
+            report.wrote(changes, writing.elapsed(), batch.commit.as_ref().map(|c| c.time_micros));
             inside_transaction = committed.is_none();
             if let Some(commit) = committed {
                 acknowledge.send_replace(Some(commit.position.clone()));
@@ -265,6 +267,15 @@ impl Report {
             let lag_ms = (now_micros - commit_micros).max(0) / 1000;
             tracing::info!(changes = self.changes, batches = self.transactions, position = %position, lag_ms, "applied");
             self.last = Some(Instant::now());
+        }
+    }
+
+    /// A target transaction that took long, or a batch that came late, at debug level: where
+    /// a lag spike was spent.
+    fn wrote(&self, changes: usize, took: Duration, commit_micros: Option<i64>) {
+        let lag_ms = commit_micros.map(|micros| (now_micros() - micros).max(0) / 1000);
+        if took >= Duration::from_millis(10) || lag_ms.is_some_and(|lag| lag >= 15) {
+            tracing::debug!(changes, write_ms = took.as_secs_f64() * 1000.0, lag_ms, "slow batch");
         }
     }
 

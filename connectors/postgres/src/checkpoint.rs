@@ -264,25 +264,25 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Records the last applied source commit; called inside the transaction that applied it.
-    /// Repairs the stream has now passed are forgotten in the same statement.
-    pub async fn advance(
-        &self,
-        client: &impl GenericClient,
-        applied: &Position,
-        commit_micros: i64,
-    ) -> Result<(), ConnectorError> {
-        let sql = format!(
+    /// The statement that records the last applied source commit, with `advance_params`, inside
+    /// the transaction that applied it; repairs the stream has now passed are forgotten in the
+    /// same statement. The sink prepares it once and pipelines it with each batch.
+    pub fn advance_sql(&self) -> String {
+        format!(
             "WITH passed AS (DELETE FROM {} WHERE pipeline = $3 AND lsn <= $4::text::pg_lsn)
              UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3",
             self.table("repairs"),
             self.table("pipelines")
-        );
+        )
+    }
+
+    pub fn advance_params(&self, applied: &Position, commit_micros: i64) -> AdvanceParams {
         let Position::Postgres(lsn) = applied;
-        let updated = client
-            .execute(&sql, &[&applied.encode(), &commit_micros, &self.pipeline, &lsn.to_string()])
-            .await
-            .context(|| "cannot advance the checkpoint".into())?;
+        AdvanceParams { position: applied.encode(), commit_micros, pipeline: self.pipeline.clone(), lsn: lsn.to_string() }
+    }
+
+    /// What `advance_sql` must have updated: the pipeline's one checkpoint row.
+    pub fn check_advanced(&self, updated: u64) -> Result<(), ConnectorError> {
         if updated != 1 {
             return Err(ConnectorError::definite(format!(
                 "the checkpoint row of pipeline {} is gone from the target; was it torn down while running?",
@@ -292,8 +292,6 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Locks this pipeline's row for the rest of the transaction: applying and repairing take
-    /// turns. Returns the repairs version (it grows with every recorded repair).
     pub fn lock_sql(&self) -> String {
         format!("SELECT repairs_version FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
     }
@@ -462,4 +460,18 @@ impl CheckpointStore {
 fn decode_position(text: Option<String>) -> Result<Option<Position>, ConnectorError> {
     text.map(|t| Position::decode(&t).map_err(|e| ConnectorError::definite(format!("checkpoint holds {e}"))))
         .transpose()
+}
+
+/// The parameters of `CheckpointStore::advance_sql`.
+pub struct AdvanceParams {
+    position: String,
+    commit_micros: i64,
+    pipeline: String,
+    lsn: String,
+}
+
+impl AdvanceParams {
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [&self.position, &self.commit_micros, &self.pipeline, &self.lsn]
+    }
 }

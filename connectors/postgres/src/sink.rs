@@ -19,7 +19,7 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use crate::catalog::{self, TableInfo};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{AdvanceParams, CheckpointStore};
 use crate::error::PgResultExt;
 use crate::grouping::{self, Kind as RunKind};
 use crate::ident::{quote_ident, quote_table};
@@ -130,38 +130,17 @@ impl PgSink {
     /// Returns the repairs version.
     pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
         let lock = self.statement(self.store.lock_sql()).await?;
-        let pipeline = self.store.pipeline().to_string();
-        let params: [&(dyn ToSql + Sync); 1] = [&pipeline];
-        // Deferrable foreign keys are checked at commit, so grouping may reorder across them.
-        let (begun, locked) =
-            tokio::join!(self.client.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED"), self.client.query_opt(&lock, &params));
-        begun.context(|| "cannot begin a target transaction".into())?;
+        let locked = begin_and_lock(&self.client, &lock, self.store.pipeline()).await;
         self.in_transaction = true;
-        let row = locked.context(|| "cannot lock the pipeline's checkpoint".into())?;
-        let Some(row) = row else {
+        if locked.is_err() {
             self.rollback().await;
-            return Err(ConnectorError::definite(format!(
-                "the checkpoint row of pipeline {pipeline} is gone from the target; was it torn down while running?"
-            )));
-        };
-        Ok(row.get(0))
-    }
-
-    async fn begin_if_needed(&mut self) -> Result<(), ConnectorError> {
-        if self.in_transaction {
-            return Ok(());
         }
-        let version = self.begin_locked().await?;
-        if self.repairs_version.is_some_and(|expected| expected != version) {
-            self.rollback().await;
-            return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
-        }
-        Ok(())
+        locked
     }
 
     /// Applies changes inside a transaction opened with `begin_locked` (a repair).
     pub async fn apply_in_transaction(&mut self, changes: &[Change]) -> Result<(), ConnectorError> {
-        self.apply(changes).await
+        self.apply(changes, Frame::default()).await
     }
 
     pub async fn commit(&mut self) -> Result<(), ConnectorError> {
@@ -174,19 +153,20 @@ impl PgSink {
         &self.store
     }
 
-    /// Applies changes inside the open transaction, a pipeline of set-based statements.
-    async fn apply(&mut self, changes: &[Change]) -> Result<(), ConnectorError> {
+    /// Applies changes as a pipeline of set-based statements, inside the open transaction or
+    /// the one `frame` begins (and, with its advance, records in the checkpoint).
+    async fn apply(&mut self, changes: &[Change], mut frame: Frame) -> Result<(), ConnectorError> {
         let mut pending: Vec<PreparedRun> = Vec::new();
         let mut index = 0;
         while index < changes.len() {
             match &changes[index] {
                 Change::Schema { old, new } => {
-                    self.flush(&mut pending).await?;
+                    self.flush(&mut pending, frame.begin()).await?;
                     self.on_schema_change(old, new).await?;
                     index += 1;
                 }
                 Change::Truncate { tables, only_where, cascade, restart_identity } => {
-                    self.flush(&mut pending).await?;
+                    self.flush(&mut pending, frame.begin()).await?;
                     self.truncate(tables, only_where, *cascade, *restart_identity).await?;
                     index += 1;
                 }
@@ -208,7 +188,7 @@ impl PgSink {
                 }
             }
         }
-        self.flush(&mut pending).await
+        self.flush(&mut pending, frame).await
     }
 
     async fn prepare_run(&mut self, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
@@ -227,19 +207,41 @@ impl PgSink {
         Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target.clone() })
     }
 
-    /// Sends the prepared runs pipelined and checks each did what it should.
-    async fn flush(&mut self, pending: &mut Vec<PreparedRun>) -> Result<(), ConnectorError> {
-        if pending.is_empty() {
+    /// Sends the prepared runs pipelined, inside `frame` (the transaction's start before them,
+    /// the checkpoint's advance after them), and checks each did what it should: a batch costs
+    /// one round trip here and one for its COMMIT.
+    async fn flush(&mut self, pending: &mut Vec<PreparedRun>, frame: Frame) -> Result<(), ConnectorError> {
+        if pending.is_empty() && frame.is_empty() {
             return Ok(());
         }
         let runs = std::mem::take(pending);
         let client = &self.client;
-        let results = try_join_all(runs.iter().map(|run| async move {
+        let begin = async {
+            match &frame.begin {
+                Some(lock) => begin_and_lock(client, lock, self.store.pipeline()).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let applied = try_join_all(runs.iter().map(|run| async move {
             let params: Vec<&(dyn ToSql + Sync)> = run.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
             client.execute(&run.statement, &params).await.map(|n| (n, run)).map_err(|e| (e, run))
-        }))
-        .await
-        .map_err(|(e, run)| {
+        }));
+        let advance = async {
+            let Some((statement, params)) = &frame.advance else { return Ok(None) };
+            client.execute(statement, &params.params()).await.map(Some).context(|| "cannot advance the checkpoint".into())
+        };
+        let (locked, results, advanced) = tokio::join!(begin, applied, advance);
+        if frame.begin.is_some() {
+            self.in_transaction = true;
+        }
+        // A repair recorded since this sink's batches were filtered: they might set a repaired
+        // row back, so the runtime resumes from the checkpoint knowing the repairs.
+        if let Some(version) = locked? {
+            if self.repairs_version.is_some_and(|expected| expected != version) {
+                return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
+            }
+        }
+        let results = results.map_err(|(e, run)| {
             // Rows of one statement may trade a unique value that the source moved one row at a
             // time; PostgreSQL checks such an index row by row. From now on that table's changes
             // go one per statement, and the batch is applied again from the checkpoint.
@@ -262,6 +264,9 @@ impl PgSink {
                     run.table
                 )));
             }
+        }
+        if let Some(updated) = advanced? {
+            self.store.check_advanced(updated)?;
         }
         Ok(())
     }
@@ -334,21 +339,60 @@ impl PgSink {
 
 impl Sink for PgSink {
     async fn write(&mut self, batch: &ChangeBatch) -> Result<Option<Commit>, ConnectorError> {
-        self.begin_if_needed().await?;
-        let applied = self.apply(&batch.changes).await;
-        if let Err(error) = applied {
+        let frame = Frame {
+            begin: match self.in_transaction {
+                true => None,
+                false => Some(self.statement(self.store.lock_sql()).await?),
+            },
+            advance: match &batch.commit {
+                Some(commit) => Some((
+                    self.statement(self.store.advance_sql()).await?,
+                    self.store.advance_params(&commit.position, commit.time_micros),
+                )),
+                None => None,
+            },
+        };
+        if let Err(error) = self.apply(&batch.changes, frame).await {
             self.rollback().await;
             return Err(error);
         }
         let Some(commit) = &batch.commit else { return Ok(None) };
-        let store = self.store.clone();
-        if let Err(error) = store.advance(&self.client, &commit.position, commit.time_micros).await {
-            self.rollback().await;
-            return Err(error);
-        }
         self.client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
         self.in_transaction = false;
         Ok(Some(commit.clone()))
+    }
+}
+
+/// `BEGIN` and the pipeline's lock, pipelined; the repairs version.
+async fn begin_and_lock(client: &Client, lock: &Statement, pipeline: &str) -> Result<i64, ConnectorError> {
+    let params: [&(dyn ToSql + Sync); 1] = [&pipeline];
+    // Deferrable foreign keys are checked at commit, so grouping may reorder across them.
+    let (begun, locked) = tokio::join!(client.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED"), client.query_opt(lock, &params));
+    begun.context(|| "cannot begin a target transaction".into())?;
+    let row = locked.context(|| "cannot lock the pipeline's checkpoint".into())?;
+    let row = row.ok_or_else(|| {
+        ConnectorError::definite(format!("the checkpoint row of pipeline {pipeline} is gone from the target; was it torn down while running?"))
+    })?;
+    Ok(row.get(0))
+}
+
+/// What a batch's pipeline sends around its changes: the start of the target transaction
+/// (taking the pipeline's lock, whose statement this is) and, with the batch's source commit,
+/// the checkpoint's advance.
+#[derive(Default)]
+struct Frame {
+    begin: Option<Statement>,
+    advance: Option<(Statement, AdvanceParams)>,
+}
+
+impl Frame {
+    fn is_empty(&self) -> bool {
+        self.begin.is_none() && self.advance.is_none()
+    }
+
+    /// The start alone, for a flush before the batch's end (a schema change or a TRUNCATE).
+    fn begin(&mut self) -> Frame {
+        Frame { begin: self.begin.take(), advance: None }
     }
 }
 
