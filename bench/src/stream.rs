@@ -63,7 +63,8 @@ impl Stream<'_> {
             .arg(&self.pipeline)
             .env("SOURCE_URL", self.source.url("app"))
             .env("TARGET_URL", &self.target_url)
-            .env("SWITCHYARD_LOG", "warn")
+            // BENCH_SWITCHYARD_LOG=debug shows where a lag spike went ("slow batch").
+            .env("SWITCHYARD_LOG", std::env::var("BENCH_SWITCHYARD_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .spawn()
             .unwrap()
@@ -173,6 +174,9 @@ impl Stream<'_> {
             };
             let goal = self.source.psql("app", "SELECT pg_current_wal_lsn()");
             self.time_until(slot, &goal, Instant::now(), run.as_mut());
+            // Where the CPU goes while it streams: the consumer's processes against the machine's.
+            let consumers = self.consumer_pids(tool, run.as_ref().map(|r| r.id()));
+            let cpu_before = (consumers.iter().map(|(_, pids)| cpu_of(pids)).collect::<Vec<_>>(), machine_busy_seconds());
             let mut load = self.pgbench(&["-c", "4", "-j", "2", "-R", &rate.to_string(), "-T", &seconds.to_string()]).spawn().unwrap();
             let before = changes_so_far(self.source);
             let mut samples = Vec::new();
@@ -192,6 +196,17 @@ impl Stream<'_> {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let achieved = (changes_so_far(self.source) - before) as f64 / started.elapsed().as_secs_f64();
+            let elapsed = started.elapsed().as_secs_f64();
+            let shares: Vec<String> = consumers
+                .iter()
+                .zip(&cpu_before.0)
+                .map(|((name, pids), before)| format!("{name}={:.0}%", 100.0 * (cpu_of(pids) - before) / elapsed))
+                .collect();
+            println!(
+                "figure=lag_cpu rate={rate} tool={tool} machine_busy={:.0}% (of 2 cores: 200%) {}",
+                100.0 * (machine_busy_seconds() - cpu_before.1) / elapsed,
+                shares.join(" ")
+            );
             if let Some(mut child) = run {
                 unsafe { kill(child.id() as i32, 15) };
                 child.wait().unwrap();
@@ -215,10 +230,43 @@ impl Stream<'_> {
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
     }
 
+    /// The processes that move a tool's changes: its walsender on the source, whatever applies
+    /// on the target, and Switchyard's own process.
+    fn consumer_pids(&self, tool: &str, switchyard: Option<u32>) -> Vec<(&'static str, Vec<u32>)> {
+        let pids = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
+        let application = if tool == "switchyard" { "switchyard" } else { "bench_native" };
+        let walsender =
+            pids(self.source.psql("app", &format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_replication WHERE application_name = '{application}'")));
+        let applier = if tool == "switchyard" {
+            "application_name = 'switchyard' AND backend_type = 'client backend'"
+        } else {
+            "backend_type = 'logical replication worker'"
+        };
+        let target = pids(self.target.psql("postgres", &format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE {applier}")));
+        let mut consumers = vec![("walsender", walsender), ("target", target)];
+        if let Some(pid) = switchyard {
+            consumers.push(("switchyard", vec![pid]));
+        }
+        consumers
+    }
+
     fn record(&self, figures: &mut Vec<Figure>, figure: &str, tool: &'static str, value: f64, unit: &'static str, seconds: f64) {
         println!("figure={figure} tool={tool} seconds={seconds:.3} {unit}={value:.0}");
         figures.push(Figure { figure: figure.to_string(), tool, value, unit });
     }
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().copied().map(cpu_seconds).sum()
+}
+
+/// CPU seconds the whole machine has spent busy (all but idle and I/O wait) so far.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
 }
 
 /// CPU seconds (user + system) a process has used so far.
