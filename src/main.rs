@@ -162,7 +162,15 @@ fn parse_listen(text: &str) -> anyhow::Result<std::net::SocketAddr> {
 fn main() -> ExitCode {
     switchyard::commands::init_logging();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // One thread: a pipeline waits on its databases far more than it computes, and on one
+    // thread no message or statement costs a wake-up across threads (at 1,000 source
+    // transactions/s that was a quarter of a core, and the lag's tail). The demo keeps several:
+    // it runs blocking psql calls beside its in-process pipeline.
+    let mut runtime = match cli.command {
+        Command::Demo { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Check { pipeline } => switchyard::commands::check(&pipeline).await,

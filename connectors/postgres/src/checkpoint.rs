@@ -265,12 +265,14 @@ impl CheckpointStore {
     }
 
     /// The statement that records the last applied source commit, with `advance_params`, inside
-    /// the transaction that applied it; repairs the stream has now passed are forgotten in the
-    /// same statement. The sink prepares it once and pipelines it with each batch.
+    /// the transaction that applies it; repairs the stream has now passed are forgotten in the
+    /// same statement. It locks the pipeline's row and returns the repairs version, as
+    /// `lock_sql` does. The sink prepares it once and pipelines it with each batch.
     pub fn advance_sql(&self) -> String {
         format!(
             "WITH passed AS (DELETE FROM {} WHERE pipeline = $3 AND lsn <= $4::text::pg_lsn)
-             UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3",
+             UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3
+             RETURNING repairs_version",
             self.table("repairs"),
             self.table("pipelines")
         )

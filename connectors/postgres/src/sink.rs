@@ -129,7 +129,7 @@ impl PgSink {
     /// Begins a target transaction holding the pipeline's lock (pipelined: one round trip).
     /// Returns the repairs version.
     pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
-        let lock = self.statement(self.store.lock_sql()).await?;
+        let lock = Lock { statement: self.statement(self.store.lock_sql()).await?, advance: None };
         let locked = begin_and_lock(&self.client, &lock, self.store.pipeline()).await;
         self.in_transaction = true;
         if locked.is_err() {
@@ -339,18 +339,16 @@ impl PgSink {
 
 impl Sink for PgSink {
     async fn write(&mut self, batch: &ChangeBatch) -> Result<Option<Commit>, ConnectorError> {
-        let frame = Frame {
-            begin: match self.in_transaction {
-                true => None,
-                false => Some(self.statement(self.store.lock_sql()).await?),
-            },
-            advance: match &batch.commit {
-                Some(commit) => Some((
-                    self.statement(self.store.advance_sql()).await?,
-                    self.store.advance_params(&commit.position, commit.time_micros),
-                )),
-                None => None,
-            },
+        let advance = match &batch.commit {
+            Some(commit) => Some((self.statement(self.store.advance_sql()).await?, self.store.advance_params(&commit.position, commit.time_micros))),
+            None => None,
+        };
+        let frame = match (self.in_transaction, advance) {
+            (true, advance) => Frame { begin: None, advance },
+            // The usual batch, whole source transactions: advancing the checkpoint first takes
+            // the pipeline's lock too (one statement fewer than locking, then advancing).
+            (false, Some((statement, params))) => Frame { begin: Some(Lock { statement, advance: Some(params) }), advance: None },
+            (false, None) => Frame { begin: Some(Lock { statement: self.statement(self.store.lock_sql()).await?, advance: None }), advance: None },
         };
         if let Err(error) = self.apply(&batch.changes, frame).await {
             self.rollback().await;
@@ -364,10 +362,14 @@ impl Sink for PgSink {
 }
 
 /// `BEGIN` and the pipeline's lock, pipelined; the repairs version.
-async fn begin_and_lock(client: &Client, lock: &Statement, pipeline: &str) -> Result<i64, ConnectorError> {
-    let params: [&(dyn ToSql + Sync); 1] = [&pipeline];
+async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<i64, ConnectorError> {
+    let params: Vec<&(dyn ToSql + Sync)> = match &lock.advance {
+        Some(advance) => advance.params().to_vec(),
+        None => vec![&pipeline],
+    };
     // Deferrable foreign keys are checked at commit, so grouping may reorder across them.
-    let (begun, locked) = tokio::join!(client.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED"), client.query_opt(lock, &params));
+    let (begun, locked) =
+        tokio::join!(client.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED"), client.query_opt(&lock.statement, &params));
     begun.context(|| "cannot begin a target transaction".into())?;
     let row = locked.context(|| "cannot lock the pipeline's checkpoint".into())?;
     let row = row.ok_or_else(|| {
@@ -376,13 +378,19 @@ async fn begin_and_lock(client: &Client, lock: &Statement, pipeline: &str) -> Re
     Ok(row.get(0))
 }
 
-/// What a batch's pipeline sends around its changes: the start of the target transaction
-/// (taking the pipeline's lock, whose statement this is) and, with the batch's source commit,
-/// the checkpoint's advance.
+/// What a batch's pipeline sends around its changes: the start of the target transaction, and
+/// (with the batch's source commit, in a transaction begun earlier) the checkpoint's advance.
 #[derive(Default)]
 struct Frame {
-    begin: Option<Statement>,
+    begin: Option<Lock>,
     advance: Option<(Statement, AdvanceParams)>,
+}
+
+/// The statement that takes the pipeline's lock as a transaction begins, returning the repairs
+/// version: the lock statement, or the checkpoint's advance (`advance` its parameters).
+struct Lock {
+    statement: Statement,
+    advance: Option<AdvanceParams>,
 }
 
 impl Frame {
