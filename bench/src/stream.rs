@@ -3,7 +3,8 @@
 //! lag under pgbench at fixed rates, sampled from `pg_stat_replication.replay_lag`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
@@ -181,12 +182,12 @@ impl Stream<'_> {
             let before = changes_so_far(self.source);
             let mut samples = Vec::new();
             let mut peak = 0;
+            let mut sampler = Session::open(self.source, "app");
             let started = Instant::now();
             while load.try_wait().unwrap().is_none() {
-                let lag = self.source.psql(
-                    "app",
-                    &format!("SELECT coalesce(extract(epoch FROM replay_lag) * 1000, 0) FROM pg_stat_replication WHERE application_name = '{application}'"),
-                );
+                let lag = sampler.query(&format!(
+                    "SELECT coalesce(max(extract(epoch FROM replay_lag) * 1000), 0) FROM pg_stat_replication WHERE application_name = '{application}'"
+                ));
                 if let Ok(ms) = lag.parse::<f64>() {
                     samples.push(ms);
                 }
@@ -253,6 +254,45 @@ impl Stream<'_> {
     fn record(&self, figures: &mut Vec<Figure>, figure: &str, tool: &'static str, value: f64, unit: &'static str, seconds: f64) {
         println!("figure={figure} tool={tool} seconds={seconds:.3} {unit}={value:.0}");
         figures.push(Figure { figure: figure.to_string(), tool, value, unit });
+    }
+}
+
+/// One psql session kept open for the lag samples: starting psql and a backend ten times a
+/// second would load the machine the tools are measured on.
+struct Session {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Session {
+    fn open(cluster: &PgCluster, database: &str) -> Session {
+        let mut child = Command::new(cluster.bin("psql"))
+            .args(["-X", "-q", "-At", "-h", &cluster.socket_dir().display().to_string(), "-p", &cluster.port().to_string()])
+            .args(["-U", "postgres", "-d", database])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Session { child, input, output }
+    }
+
+    /// One line of output: the query must return exactly one row.
+    fn query(&mut self, sql: &str) -> String {
+        writeln!(self.input, "{sql};").unwrap();
+        self.input.flush().unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
