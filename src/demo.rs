@@ -111,7 +111,9 @@ async fn wait_caught_up(
     slot: &str,
     pipeline: &tokio::task::JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let goal = source.psql("app", "SELECT pg_current_wal_lsn()");
+    // The insert position: with asynchronous commit the write position can still be short of
+    // the commit just made, and the wait would end before its row arrived.
+    let goal = source.psql("app", "SELECT pg_current_wal_insert_lsn()");
     let query = format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'");
     while source.psql("app", &query) != "t" {
         anyhow::ensure!(!pipeline.is_finished(), "the pipeline stopped before catching up");

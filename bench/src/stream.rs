@@ -119,7 +119,7 @@ impl Stream<'_> {
         let per_client = (transactions / 4).to_string();
         assert!(self.pgbench(&["-c", "4", "-j", "2", "-t", &per_client]).status().unwrap().success(), "pgbench failed");
         let changes = (changes_so_far(source) - before) as f64;
-        let goal = source.psql("app", "SELECT pg_current_wal_lsn()");
+        let goal = source.psql("app", "SELECT pg_current_wal_insert_lsn()");
         println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
 
         let started = Instant::now();
@@ -173,7 +173,7 @@ impl Stream<'_> {
                 self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
                 ("bench_native", "bench_native")
             };
-            let goal = self.source.psql("app", "SELECT pg_current_wal_lsn()");
+            let goal = self.source.psql("app", "SELECT pg_current_wal_insert_lsn()");
             self.time_until(slot, &goal, Instant::now(), run.as_mut());
             // Where the CPU goes while it streams: the consumer's processes against the machine's.
             let consumers = self.consumer_pids(tool, run.as_ref().map(|r| r.id()));
