@@ -65,18 +65,13 @@ pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Res
     let started = Instant::now();
     let bars = report::progress_bars(options.show_progress);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = file.verify.parallel.clamp(1, plans.len().max(1));
-    let checked = futures_util::future::try_join_all((0..workers).map(|worker| {
-        let (endpoints, plans, bars, next, first) = (&endpoints, &plans, &bars, &next, (worker == 0).then_some((&source, &target)));
+    let mut sessions = vec![(source, target)];
+    while sessions.len() < file.verify.parallel.clamp(1, plans.len().max(1)) {
+        sessions.push(tokio::try_join!(PgDigest::connect(&endpoints.source), PgDigest::connect(&endpoints.target))?);
+    }
+    let checked = futures_util::future::try_join_all(sessions.iter().map(|(source, target)| {
+        let (plans, bars, next) = (&plans, &bars, &next);
         async move {
-            let extra = match first {
-                Some(_) => None,
-                None => Some(tokio::try_join!(PgDigest::connect(&endpoints.source), PgDigest::connect(&endpoints.target))?),
-            };
-            let (source, target) = first.unwrap_or_else(|| {
-                let (source, target) = extra.as_ref().expect("sessions of an extra worker");
-                (source, target)
-            });
             let checker = Checker { file, source, target, slot: file.slot_name(), chunk_rows: file.verify.chunk_rows };
             let mut done = Vec::new();
             loop {
@@ -92,7 +87,7 @@ pub async fn verify(file: &PipelineFile, options: &VerifyOptions) -> anyhow::Res
     let checksum_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let plans: Vec<&TablePlan> = plans.iter().map(|p| p.as_ref()).collect();
-    let integrity = integrity::check(file, target.client(), &plans).await?;
+    let integrity = integrity::check(file, sessions[0].1.client(), &plans).await?;
     Ok(VerifyReport {
         tables: reports.into_iter().map(|(_, table)| table).collect(),
         integrity,

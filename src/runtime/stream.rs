@@ -260,11 +260,7 @@ impl Report {
         crate::api::record_applied(changes as u64);
         let due = self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if due {
-            let now_micros = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0);
-            let lag_ms = (now_micros - commit_micros).max(0) / 1000;
+            let lag_ms = (now_micros() - commit_micros).max(0) / 1000;
             tracing::info!(changes = self.changes, batches = self.transactions, position = %position, lag_ms, "applied");
             self.last = Some(Instant::now());
         }

@@ -294,6 +294,8 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Locks this pipeline's row for the rest of the transaction: applying and repairing take
+    /// turns. Returns the repairs version (it grows with every recorded repair).
     pub fn lock_sql(&self) -> String {
         format!("SELECT repairs_version FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
     }
