@@ -12,6 +12,7 @@
 //! `--skip-peers` leaves out the snapshot peers that the stream figures do not need (for quick
 //! iterations; a full run is what counts), `--skip-stream` the catch-up and lag figures.
 
+mod session;
 mod stream;
 
 use std::path::{Path, PathBuf};
@@ -43,12 +44,20 @@ fn main() {
     let skip_stream = std::env::args().any(|a| a == "--skip-stream");
     let switchyard = release_binary();
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
+    // Shared buffers sized as a production server's would be, to hold the working set (the
+    // test clusters' 64 MB is smaller than one copy of the orders table and its key): with
+    // less, every tool's apply spends most of its time moving pages through the OS cache.
+    let buffers = || ("shared_buffers".to_string(), "1GB".to_string());
     let source = PgCluster::start_with(switchyard_testkit::PgOptions {
-        settings: vec![("synchronous_commit".into(), "on".into())],
+        settings: vec![("synchronous_commit".into(), "on".into()), buffers()],
         ..Default::default()
     });
     let target = PgCluster::start_with(switchyard_testkit::PgOptions {
-        settings: vec![("max_sync_workers_per_subscription".into(), "4".into()), ("max_logical_replication_workers".into(), "8".into())],
+        settings: vec![
+            ("max_sync_workers_per_subscription".into(), "4".into()),
+            ("max_logical_replication_workers".into(), "8".into()),
+            buffers(),
+        ],
         ..Default::default()
     });
     source.create_database("app");
@@ -92,7 +101,8 @@ fn main() {
         .unwrap();
     let pid = run.id();
     let mut peak_rss = 0;
-    while target.try_psql("switchyard", "SELECT phase FROM switchyard.pipelines").as_deref() != Ok("streaming") {
+    let mut session = session::Session::open(&target, "switchyard");
+    while session.query("SELECT phase FROM switchyard.pipelines") != "streaming" {
         peak_rss = peak_rss.max(rss_mib(pid));
         assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
         std::thread::sleep(Duration::from_millis(20));
@@ -187,7 +197,8 @@ fn main() {
         .unwrap();
         let started = Instant::now();
         let mut run = Command::new(&switchyard).args(["run"]).arg(&plain).env("SWITCHYARD_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
-        while target.try_psql("plain", "SELECT phase FROM switchyard.pipelines").as_deref() != Ok("streaming") {
+        let mut session = session::Session::open(&target, "plain");
+        while session.query("SELECT phase FROM switchyard.pipelines") != "streaming" {
             assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -226,7 +237,8 @@ fn main() {
             source.port()
         ),
     );
-    while target.psql("native", "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
+    let mut session = session::Session::open(&target, "native");
+    while session.query("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
         std::thread::sleep(Duration::from_millis(20));
     }
     record("snapshot", "native", started.elapsed().as_secs_f64());

@@ -3,12 +3,12 @@
 //! lag under pgbench at fixed rates, sampled from `pg_stat_replication.replay_lag`.
 
 use std::path::{Path, PathBuf};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
 
+use crate::session::Session;
 use crate::{kill, rss_mib, Figure};
 
 /// The seed's write mix, ~10 statements per transaction: 40% order inserts, 40% order updates,
@@ -40,8 +40,8 @@ fn changes_so_far(source: &PgCluster) -> i64 {
         .unwrap()
 }
 
-fn slot_reached(source: &PgCluster, slot: &str, goal: &str) -> bool {
-    source.psql("app", &format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "t"
+fn slot_reached(source: &mut Session, slot: &str, goal: &str) -> bool {
+    source.query(&format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "t"
 }
 
 pub struct Stream<'a> {
@@ -94,7 +94,8 @@ impl Stream<'_> {
         let mut peak = 0;
         let pid = process.as_ref().map(|p| p.id());
         let mut process = process;
-        while !slot_reached(self.source, slot, goal) {
+        let mut session = Session::open(self.source, "app");
+        while !slot_reached(&mut session, slot, goal) {
             if let Some(pid) = pid {
                 peak = peak.max(rss_mib(pid));
             }
@@ -122,22 +123,10 @@ impl Stream<'_> {
         let goal = source.psql("app", "SELECT pg_current_wal_insert_lsn()");
         println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
 
-        let started = Instant::now();
+        let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard();
         let (seconds, peak) = self.time_until("switchyard_tenantize", &goal, started, Some(&mut run));
-        // Where the time went: our process, the target backends applying, the source walsender.
-        let target_backends = self.target.psql(
-            "switchyard",
-            "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name = 'switchyard' AND backend_type = 'client backend'",
-        );
-        let walsender = self.source.psql("app", "SELECT string_agg(pid::text, ' ') FROM pg_stat_replication WHERE application_name = 'switchyard'");
-        let cpu = |pids: &str| pids.split_whitespace().filter_map(|p| p.parse().ok()).map(cpu_seconds).sum::<f64>();
-        println!(
-            "figure=catch_up_cpu tool=switchyard wall_s={seconds:.1} switchyard_cpu_s={:.1} target_backends_cpu_s={:.1} source_walsender_cpu_s={:.1}",
-            cpu_seconds(run.id()),
-            cpu(&target_backends),
-            cpu(&walsender)
-        );
+        self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
         self.record(figures, "catch_up", "switchyard", changes / seconds, "changes/s", seconds);
@@ -154,9 +143,10 @@ impl Stream<'_> {
         self.record(figures, "catch_up", "pg_recvlogical", changes / started.elapsed().as_secs_f64(), "changes/s", started.elapsed().as_secs_f64());
         source.psql("app", "SELECT pg_drop_replication_slot('bench_recv')");
 
-        let started = Instant::now();
+        let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
         let (seconds, _) = self.time_until("bench_native", &goal, started, None);
+        self.print_catch_up_cpu("native", seconds, busy, None);
         self.record(figures, "catch_up", "native", changes / seconds, "changes/s", seconds);
     }
 
@@ -233,6 +223,15 @@ impl Stream<'_> {
 
     /// The processes that move a tool's changes: its walsender on the source, whatever applies
     /// on the target, and Switchyard's own process.
+    /// Where a catch-up's time went: the CPU its processes (all started for it) have used, and
+    /// the whole machine's busy share since `busy_before` (machine_busy_seconds at the start).
+    fn print_catch_up_cpu(&self, tool: &str, seconds: f64, busy_before: f64, switchyard: Option<u32>) {
+        let used: Vec<String> =
+            self.consumer_pids(tool, switchyard).iter().map(|(name, pids)| format!("{name}_cpu_s={:.1}", cpu_of(pids))).collect();
+        let busy = (machine_busy_seconds() - busy_before) / seconds * 100.0;
+        println!("figure=catch_up_cpu tool={tool} wall_s={seconds:.1} machine_busy={busy:.0}% (of 2 cores: 200%) {}", used.join(" "));
+    }
+
     fn consumer_pids(&self, tool: &str, switchyard: Option<u32>) -> Vec<(&'static str, Vec<u32>)> {
         let pids = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
         let application = if tool == "switchyard" { "switchyard" } else { "bench_native" };
@@ -259,43 +258,6 @@ impl Stream<'_> {
 
 /// One psql session kept open for the lag samples: starting psql and a backend ten times a
 /// second would load the machine the tools are measured on.
-struct Session {
-    child: Child,
-    input: ChildStdin,
-    output: BufReader<ChildStdout>,
-}
-
-impl Session {
-    fn open(cluster: &PgCluster, database: &str) -> Session {
-        let mut child = Command::new(cluster.bin("psql"))
-            .args(["-X", "-q", "-At", "-h", &cluster.socket_dir().display().to_string(), "-p", &cluster.port().to_string()])
-            .args(["-U", "postgres", "-d", database])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let input = child.stdin.take().unwrap();
-        let output = BufReader::new(child.stdout.take().unwrap());
-        Session { child, input, output }
-    }
-
-    /// One line of output: the query must return exactly one row.
-    fn query(&mut self, sql: &str) -> String {
-        writeln!(self.input, "{sql};").unwrap();
-        self.input.flush().unwrap();
-        let mut line = String::new();
-        self.output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().copied().map(cpu_seconds).sum()
 }
