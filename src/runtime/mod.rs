@@ -4,9 +4,13 @@
 //!  first run:  publication + slot (exported snapshot S) ─► copy chunks at S ─► stream from S
 //!  resumed:    copy chunks not yet done at a fresh snapshot T ─► stream from the checkpoint,
 //!              skipping, for rows of chunks copied at T, the transactions that T already holds
-//!  streaming:  source.next_batch ─► seam filter ─► transforms ─► sink.write (rows + checkpoint,
-//!              one target transaction) ─► source.acknowledge(commit)
+//!  streaming:  source.next_batch ─► seam filter ─► transforms ─► sink.ready ─► sink.write
+//!              (rows + checkpoint, one target transaction) ─► source.acknowledge(commit)
 //! ```
+//!
+//! Batch N+1 is readied (filtered, transformed, planned, encoded) while the target applies
+//! batch N, but sent only after N's COMMIT succeeded: target transactions stay one at a time,
+//! in commit order.
 //!
 //! A crash anywhere replays from the checkpoint: a chunk's rows commit with its "done" record,
 //! a batch's rows commit with the position after it, and the slot is confirmed only after that

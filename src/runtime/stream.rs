@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use switchyard_core::{Change, ChangeBatch, Position, Sink, Source};
+use switchyard_core::{Change, ChangeBatch, Position, Source};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::seam::Seam;
@@ -116,11 +116,13 @@ async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str)
     }
 }
 
-/// Runs the source in its own task, so decoding overlaps applying, and applies in this one.
+/// Runs the source in its own task, so decoding overlaps applying, and applies in this one,
+/// readying (filtering, transforming, planning, encoding) each batch while the target applies
+/// the one before it.
 #[allow(clippy::too_many_arguments)]
-async fn apply_loop<S: Source + 'static, K: Sink>(
+async fn apply_loop<S: Source + 'static>(
     source: S,
-    mut sink: K,
+    mut sink: PgSink,
     mut shaper: Shaper,
     mut seam: Seam,
     acknowledge: watch::Sender<Option<Position>>,
@@ -132,23 +134,44 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
     let reader = tokio::spawn(read_loop(source, batches, budget));
     let mut inside_transaction = false;
     let mut report = Report::default();
+    let mut readied = None;
     let result: anyhow::Result<()> = async {
         loop {
-            let first = tokio::select! {
-                biased;
-                // A part of a big transaction is finished before stopping; the target would
-                // roll it back anyway, but stopping on a boundary keeps the log honest.
-                _ = shutdown.wait_for(|stop| *stop), if !inside_transaction => return Ok(()),
-                batch = incoming.recv() => match batch {
-                    Some(batch) => batch,
-                    None => return Ok(()),
-                },
+            // A part of a big transaction is finished before stopping; the target would roll
+            // it back anyway, but stopping on a boundary keeps the log honest. A batch readied
+            // but not written is read again on the next run.
+            if !inside_transaction && *shutdown.borrow() {
+                return Ok(());
+            }
+            let ready = match readied.take() {
+                Some(ready) => ready,
+                None => {
+                    let first = tokio::select! {
+                        biased;
+                        _ = shutdown.wait_for(|stop| *stop), if !inside_transaction => return Ok(()),
+                        batch = incoming.recv() => match batch {
+                            Some(batch) => batch,
+                            None => return Ok(()),
+                        },
+                    };
+                    let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())?;
+                    sink.ready(&batch).await?
+                }
             };
-            let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())?;
-            let changes = batch.changes.len();
+            let (changes, commit_micros) = (ready.changes(), ready.commit().map(|c| c.time_micros));
+            let mut gathered = Ok(());
+            let next = async {
+                // The connection sends this batch's statements first.
+                tokio::task::yield_now().await;
+                let first = incoming.try_recv()?;
+                gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())
+                    .map_err(|error| gathered = Err(error))
+                    .ok()
+            };
             let writing = Instant::now();
-            let committed = sink.write(&batch).await?;
-            report.wrote(changes, writing.elapsed(), batch.commit.as_ref().map(|c| c.time_micros));
+            let (written, next_ready) = sink.write_while(ready, next).await;
+            let committed = written?;
+            report.wrote(changes, writing.elapsed(), commit_micros);
             inside_transaction = committed.is_none();
             if let Some(commit) = committed {
                 acknowledge.send_replace(Some(commit.position.clone()));
@@ -156,6 +179,8 @@ async fn apply_loop<S: Source + 'static, K: Sink>(
             } else {
                 report.partial(changes);
             }
+            gathered?;
+            readied = next_ready?;
         }
     }
     .await;

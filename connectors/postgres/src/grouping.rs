@@ -12,7 +12,9 @@
 //! Deferrable foreign keys tie nothing: the sink defers them to commit, where the source's
 //! transaction was consistent.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use switchyard_core::{Change, TableId, TableSchema, Value};
@@ -22,19 +24,25 @@ use switchyard_core::{Change, TableId, TableSchema, Value};
 pub struct Ties {
     /// Tables whose changes must keep their order among themselves.
     pub ordered: HashSet<TableId>,
-    /// Pairs of tables linked by a foreign key checked at once (both directions listed).
-    pub linked: HashSet<(TableId, TableId)>,
+    /// Tables linked by a foreign key checked at once, each to the others (see `link`).
+    pub linked: HashMap<TableId, HashSet<TableId>>,
     /// Tables whose changes are applied one per statement: a statement over several rows hit a
     /// unique index there (two rows trading a value, which PostgreSQL checks row by row).
     pub one_by_one: HashSet<TableId>,
 }
 
 impl Ties {
+    /// Records a foreign key checked at once between `a` and `b` (either direction).
+    pub fn link(&mut self, a: &TableId, b: &TableId) {
+        self.linked.entry(a.clone()).or_default().insert(b.clone());
+        self.linked.entry(b.clone()).or_default().insert(a.clone());
+    }
+
     fn tie(&self, a: &TableId, b: &TableId) -> bool {
         if a == b {
             self.ordered.contains(a)
         } else {
-            self.linked.contains(&(a.clone(), b.clone()))
+            self.linked.get(a).is_some_and(|others| others.contains(b))
         }
     }
 }
@@ -54,12 +62,41 @@ pub struct Group {
 }
 
 /// What makes two changes share a statement: kind, table schema, and (updates) which columns
-/// the change carries (TOASTed values left unchanged are not written).
-#[derive(PartialEq, Eq, Hash, Clone)]
-struct Shape {
+/// the change carries (TOASTed values left unchanged are not written). Borrows the update's row
+/// rather than copying which columns it carries: this runs once per change.
+#[derive(Clone, Copy)]
+struct Shape<'a> {
     kind: Kind,
     table: usize,
-    present: Vec<bool>,
+    /// An update's row, compared by which of its values are present.
+    row: Option<&'a [Value]>,
+}
+
+impl PartialEq for Shape<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        let present = |row: &[Value], other: &[Value]| {
+            row.len() == other.len() && row.iter().zip(other).all(|(a, b)| (*a == Value::Unchanged) == (*b == Value::Unchanged))
+        };
+        self.kind == other.kind
+            && self.table == other.table
+            && match (self.row, other.row) {
+                (Some(row), Some(other)) => present(row, other),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Shape<'_> {}
+
+impl Hash for Shape<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+        self.table.hash(state);
+        for value in self.row.unwrap_or_default() {
+            (*value == Value::Unchanged).hash(state);
+        }
+    }
 }
 
 fn kind_of(change: &Change) -> Option<Kind> {
@@ -71,62 +108,69 @@ fn kind_of(change: &Change) -> Option<Kind> {
     }
 }
 
-fn shape_of(change: &Change) -> Option<(Shape, &Arc<TableSchema>)> {
+fn shape_of(change: &Change) -> Option<(Shape<'_>, &Arc<TableSchema>)> {
     let kind = kind_of(change)?;
     let table = change.table()?;
-    let present = match change {
-        Change::Update { row, .. } => row.iter().map(|v| *v != Value::Unchanged).collect(),
-        _ => Vec::new(),
+    let row = match change {
+        Change::Update { row, .. } => Some(row.as_slice()),
+        _ => None,
     };
-    Some((Shape { kind, table: Arc::as_ptr(table) as usize, present }, table))
+    Some((Shape { kind, table: Arc::as_ptr(table) as usize, row }, table))
 }
 
-/// The keys a change touches: its row's, and before a key update, the old one.
-pub fn touched_keys(change: &Change) -> Vec<Vec<Value>> {
+/// Hashes of the keys a change touches (its row's, and before a key update, the old one), each
+/// with its table schema's address: no key is copied. Two different rows may share a hash; that
+/// only ends a segment early (a statement more), never reorders.
+fn touched_key_hashes(change: &Change, table: usize, hasher: &RandomState) -> [Option<u64>; 2] {
+    let hash = |values: &mut dyn Iterator<Item = &Value>| {
+        let mut state = hasher.build_hasher();
+        table.hash(&mut state);
+        values.for_each(|value| value.hash(&mut state));
+        state.finish()
+    };
     match change {
-        Change::Insert { table, row } => vec![table.key.iter().map(|&i| row[i].clone()).collect()],
+        Change::Insert { table, row } => [Some(hash(&mut table.key.iter().map(|&i| &row[i]))), None],
         Change::Update { table, old_key, row } => {
-            let mut keys = vec![table.key.iter().map(|&i| row[i].clone()).collect()];
-            keys.extend(old_key.clone());
-            keys
+            [Some(hash(&mut table.key.iter().map(|&i| &row[i]))), old_key.as_ref().map(|key| hash(&mut key.iter()))]
         }
-        Change::Delete { key, .. } => vec![key.clone()],
-        _ => Vec::new(),
+        Change::Delete { key, .. } => [Some(hash(&mut key.iter())), None],
+        _ => [None, None],
     }
 }
 
 /// Groups row changes (the batch holds no schema change or truncate) in an order that leaves
 /// the target as applying them one by one would.
 pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
-    struct Open {
-        table: TableId,
+    struct Open<'a> {
+        table: &'a TableId,
         group: Group,
     }
     let mut done: Vec<Group> = Vec::new();
     let mut segment: Vec<Open> = Vec::new();
-    // Rows by their table schema's address (a batch holds its schemas) and key.
-    let mut rows: HashSet<(usize, Vec<Value>)> = HashSet::new();
+    let hasher = RandomState::new();
+    // Rows touched in the segment, by `touched_key_hashes`.
+    let mut rows: HashSet<u64> = HashSet::new();
     // Per shape, the position of its last open group in the segment.
     let mut last: HashMap<Shape, usize> = HashMap::new();
     for (index, change) in changes.iter().enumerate() {
         let Some((shape, table)) = shape_of(change) else { continue };
-        let keys: Vec<(usize, Vec<Value>)> = touched_keys(change).into_iter().map(|k| (shape.table, k)).collect();
-        if keys.iter().any(|k| rows.contains(k)) {
+        let keys = touched_key_hashes(change, shape.table, &hasher);
+        if keys.iter().flatten().any(|k| rows.contains(k)) {
             done.extend(segment.drain(..).map(|open| open.group));
             rows.clear();
             last.clear();
         }
-        rows.extend(keys);
+        rows.extend(keys.iter().flatten());
         let joinable = last
             .get(&shape)
             .copied()
             .filter(|_| !ties.one_by_one.contains(&table.id))
-            .filter(|&at| segment[at + 1..].iter().all(|later| !ties.tie(&table.id, &later.table)));
+            .filter(|&at| segment[at + 1..].iter().all(|later| !ties.tie(&table.id, later.table)));
         match joinable {
             Some(at) => segment[at].group.changes.push(index),
             None => {
                 last.insert(shape, segment.len());
-                segment.push(Open { table: table.id.clone(), group: Group { kind: kind_of(change).expect("row change"), changes: vec![index] } });
+                segment.push(Open { table: &table.id, group: Group { kind: shape.kind, changes: vec![index] } });
             }
         }
     }
@@ -220,6 +264,15 @@ mod tests {
     }
 
     #[test]
+    fn updates_carrying_different_columns_get_different_statements() {
+        let t = table("t");
+        let untouched = |id: u32| Change::Update { table: t.clone(), old_key: None, row: vec![Value::text(id.to_string()), Value::Unchanged] };
+        let changes = vec![update(&t, 1, "a"), untouched(2), update(&t, 3, "c"), untouched(4)];
+        let groups: Vec<Vec<usize>> = group(&changes, &Ties::default()).into_iter().map(|g| g.changes).collect();
+        assert_eq!(groups, vec![vec![0, 2], vec![1, 3]]);
+    }
+
+    #[test]
     fn a_row_touched_twice_keeps_its_order() {
         let t = table("t");
         let changes = vec![insert(&t, 1, "a"), insert(&t, 2, "b"), update(&t, 1, "c"), delete(&t, 2), insert(&t, 2, "d"), update(&t, 1, "e")];
@@ -231,8 +284,7 @@ mod tests {
     fn ties(orders: &Arc<TableSchema>, users: &Arc<TableSchema>) -> Ties {
         let mut ties = Ties::default();
         ties.ordered.insert(users.id.clone());
-        ties.linked.insert((orders.id.clone(), users.id.clone()));
-        ties.linked.insert((users.id.clone(), orders.id.clone()));
+        ties.link(&orders.id, &users.id);
         ties
     }
 

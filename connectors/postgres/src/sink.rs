@@ -8,8 +8,13 @@
 //! it). The statements of a batch are sent pipelined, in order, inside one target transaction
 //! that also advances the checkpoint; per-key order holds because a group never touches a key
 //! twice and a key touched again starts a new segment.
+//!
+//! Planning and encoding (`ready`) is apart from writing, so the runtime readies the next batch
+//! while the target applies this one (`write_while`); the next batch's statements still go out
+//! only after this one's COMMIT succeeded.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -27,6 +32,22 @@ use crate::ident::{quote_ident, quote_table};
 pub struct PgSink {
     client: Client,
     store: CheckpointStore,
+    planner: Planner,
+    tx: TxState,
+}
+
+/// The target transaction as the sink left it.
+#[derive(Default)]
+struct TxState {
+    open: bool,
+    /// The repairs version this sink's batches were filtered against (see `expect_repairs`).
+    repairs_version: Option<i64>,
+}
+
+/// What the sink has learned about the target to turn changes into statements: kept apart from
+/// the transaction's state so the next batch can be planned while this one is written.
+#[derive(Default)]
+struct Planner {
     targets: HashMap<TableId, TableInfo>,
     /// Apply plans by shaped schema; the `Arc` is kept so its address is never reused.
     plans: HashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
@@ -34,9 +55,34 @@ pub struct PgSink {
     /// How target tables constrain reordering a batch's changes (learned per table).
     ties: grouping::Ties,
     tied_known: HashSet<TableId>,
-    in_transaction: bool,
-    /// The repairs version this sink's batches were filtered against (see `expect_repairs`).
-    repairs_version: Option<i64>,
+}
+
+/// A batch made ready to write: its statements planned and its values encoded.
+pub struct ReadyBatch {
+    body: ReadyBody,
+    commit: Option<Commit>,
+    changes: usize,
+    lock: Statement,
+    advance: Option<(Statement, AdvanceParams)>,
+}
+
+enum ReadyBody {
+    /// Row changes only: the statements, ready to send.
+    Rows(Vec<PreparedRun>),
+    /// A schema change or a TRUNCATE among the rows: planned as it is written, since it changes
+    /// the plans of what follows it.
+    Mixed(Vec<Change>),
+}
+
+impl ReadyBatch {
+    /// Row changes in the batch (after filters and transforms).
+    pub fn changes(&self) -> usize {
+        self.changes
+    }
+
+    pub fn commit(&self) -> Option<&Commit> {
+        self.commit.as_ref()
+    }
 }
 
 /// How a shaped table's columns land in its target table.
@@ -52,17 +98,7 @@ pub struct ApplyPlan {
 
 impl PgSink {
     pub fn new(client: Client, store: CheckpointStore) -> Self {
-        PgSink {
-            client,
-            store,
-            targets: HashMap::new(),
-            plans: HashMap::new(),
-            statements: HashMap::new(),
-            ties: grouping::Ties::default(),
-            tied_known: HashSet::new(),
-            in_transaction: false,
-            repairs_version: None,
-        }
+        PgSink { client, store, planner: Planner::default(), tx: TxState::default() }
     }
 
     pub fn client(&self) -> &Client {
@@ -74,64 +110,19 @@ impl PgSink {
         crate::endpoint::act_as_replica(&self.client, "applying").await
     }
 
-    async fn target(&mut self, id: &TableId) -> Result<&TableInfo, ConnectorError> {
-        if !self.targets.contains_key(id) {
-            let info = catalog::load_table(&self.client, id).await?.ok_or_else(|| {
-                ConnectorError::definite(format!("target table {id} does not exist; create it (the target schema is yours)"))
-            })?;
-            self.targets.insert(id.clone(), info);
-        }
-        Ok(&self.targets[id])
-    }
-
-    async fn plan(&mut self, shaped: &Arc<TableSchema>) -> Result<Arc<ApplyPlan>, ConnectorError> {
-        let address = Arc::as_ptr(shaped) as usize;
-        if let Some((_, plan)) = self.plans.get(&address) {
-            return Ok(plan.clone());
-        }
-        let target = self.target(&shaped.id).await?;
-        let plan = Arc::new(plan_for(shaped, target)?);
-        if one_by_one(&shaped.id, false) {
-            self.ties.one_by_one.insert(shaped.id.clone());
-        }
-        if !self.tied_known.contains(&shaped.id) {
-            let key: Vec<&str> = plan.key.iter().map(|&k| plan.column_names[k].as_str()).collect();
-            let ties = catalog::reorder_ties(&self.client, &shaped.id, &key).await?;
-            if ties.ordered {
-                self.ties.ordered.insert(shaped.id.clone());
-            }
-            for other in ties.linked {
-                self.ties.linked.insert((shaped.id.clone(), other.clone()));
-                self.ties.linked.insert((other, shaped.id.clone()));
-            }
-            self.tied_known.insert(shaped.id.clone());
-        }
-        self.plans.insert(address, (shaped.clone(), plan.clone()));
-        Ok(plan)
-    }
-
-    async fn statement(&mut self, sql: String) -> Result<Statement, ConnectorError> {
-        if let Some(statement) = self.statements.get(&sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.client.prepare(&sql).await.context(|| format!("cannot prepare {sql}"))?;
-        self.statements.insert(sql, statement.clone());
-        Ok(statement)
-    }
-
     /// Batches are written only while the pipeline's repairs are still at `version`: a repair
     /// recorded since then makes the next write fail with a conflict, so the runtime resumes
     /// from the checkpoint knowing which rows it must not set back.
     pub fn expect_repairs(&mut self, version: i64) {
-        self.repairs_version = Some(version);
+        self.tx.repairs_version = Some(version);
     }
 
     /// Begins a target transaction holding the pipeline's lock (pipelined: one round trip).
     /// Returns the repairs version.
     pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
-        let lock = Lock { statement: self.statement(self.store.lock_sql()).await?, advance: None };
+        let lock = Lock { statement: self.planner.statement(&self.client, self.store.lock_sql()).await?, advance: None };
         let locked = begin_and_lock(&self.client, &lock, self.store.pipeline()).await;
-        self.in_transaction = true;
+        self.tx.open = true;
         if locked.is_err() {
             self.rollback().await;
         }
@@ -145,12 +136,69 @@ impl PgSink {
 
     pub async fn commit(&mut self) -> Result<(), ConnectorError> {
         self.client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
-        self.in_transaction = false;
+        self.tx.open = false;
         Ok(())
     }
 
     pub fn store(&self) -> &CheckpointStore {
         &self.store
+    }
+
+    /// Plans `batch` and encodes its values, ready to be written by `write_ready` or
+    /// `write_while`.
+    pub async fn ready(&mut self, batch: &ChangeBatch) -> Result<ReadyBatch, ConnectorError> {
+        self.planner.ready(&self.client, &self.store, batch).await
+    }
+
+    /// Writes a readied batch with the checkpoint's advance (see [`Sink::write`]).
+    pub async fn write_ready(&mut self, ready: ReadyBatch) -> Result<Option<Commit>, ConnectorError> {
+        let ReadyBatch { body, commit, lock, advance, .. } = ready;
+        let changes = match body {
+            ReadyBody::Rows(runs) => return write_rows(&self.client, &self.store, &mut self.tx, runs, commit, lock, advance).await,
+            ReadyBody::Mixed(changes) => changes,
+        };
+        let frame = Frame::around(self.tx.open, lock, advance);
+        if let Err(error) = self.apply(&changes, frame).await {
+            self.rollback().await;
+            return Err(error);
+        }
+        let Some(commit) = commit else { return Ok(None) };
+        self.commit().await?;
+        Ok(Some(commit))
+    }
+
+    /// Writes `ready` and, while the target applies it, readies the batch `next` yields (none
+    /// if nothing has arrived): planning and encoding overlap the target's work instead of
+    /// following it. Only `ready`'s statements are sent: the next batch is written (and
+    /// committed) by the next call, after this one's COMMIT succeeded, so commit order and the
+    /// checkpoint's one-transaction rule are those of `write_ready`.
+    pub async fn write_while(
+        &mut self,
+        ready: ReadyBatch,
+        next: impl Future<Output = Option<ChangeBatch>>,
+    ) -> (Result<Option<Commit>, ConnectorError>, Result<Option<ReadyBatch>, ConnectorError>) {
+        if let ReadyBody::Mixed(_) = ready.body {
+            // A schema change may alter the plans the next batch needs: one after the other.
+            let written = self.write_ready(ready).await;
+            if written.is_err() {
+                return (written, Ok(None));
+            }
+            let readied = match next.await {
+                Some(batch) => self.ready(&batch).await.map(Some),
+                None => Ok(None),
+            };
+            return (written, readied);
+        }
+        let ReadyBatch { body: ReadyBody::Rows(runs), commit, lock, advance, .. } = ready else { unreachable!("rows") };
+        let PgSink { client, store, planner, tx } = self;
+        let writing = write_rows(client, store, tx, runs, commit, lock, advance);
+        let readying = async {
+            match next.await {
+                Some(batch) => planner.ready(client, store, &batch).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        tokio::join!(writing, readying)
     }
 
     /// Applies changes as a pipeline of set-based statements, inside the open transaction or
@@ -171,19 +219,8 @@ impl PgSink {
                     index += 1;
                 }
                 _ => {
-                    let rows = changes[index..]
-                        .iter()
-                        .take_while(|c| matches!(c, Change::Insert { .. } | Change::Update { .. } | Change::Delete { .. }))
-                        .count();
-                    let slice = &changes[index..index + rows];
-                    for change in slice {
-                        self.plan(change.table().expect("row changes have a table")).await?;
-                    }
-                    for group in grouping::group(slice, &self.ties) {
-                        let members: Vec<&Change> = group.changes.iter().map(|&i| &slice[i]).collect();
-                        let plan = self.plan(members[0].table().expect("row change")).await?;
-                        pending.push(self.prepare_run(&plan, &members, group.kind).await?);
-                    }
+                    let rows = changes[index..].iter().take_while(|c| is_row_change(c)).count();
+                    pending.extend(self.planner.prepare_rows(&self.client, &changes[index..index + rows]).await?);
                     index += rows;
                 }
             }
@@ -191,84 +228,8 @@ impl PgSink {
         self.flush(&mut pending, frame).await
     }
 
-    async fn prepare_run(&mut self, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
-        let (sql, columns) = match kind {
-            RunKind::Insert => insert_sql(plan),
-            RunKind::Update => update_sql(plan, &present_columns(changes[0])),
-            RunKind::Delete => delete_sql(plan),
-        };
-        let statement = self.statement(sql).await?;
-        let mut arrays: Vec<TextArray> = vec![TextArray::default(); columns.len()];
-        for change in changes {
-            for (array, source) in arrays.iter_mut().zip(&columns) {
-                array.push(value_for(change, *source, plan));
-            }
-        }
-        Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target.clone() })
-    }
-
-    /// Sends the prepared runs pipelined, inside `frame` (the transaction's start before them,
-    /// the checkpoint's advance after them), and checks each did what it should: a batch costs
-    /// one round trip here and one for its COMMIT.
     async fn flush(&mut self, pending: &mut Vec<PreparedRun>, frame: Frame) -> Result<(), ConnectorError> {
-        if pending.is_empty() && frame.is_empty() {
-            return Ok(());
-        }
-        let runs = std::mem::take(pending);
-        let client = &self.client;
-        let begin = async {
-            match &frame.begin {
-                Some(lock) => begin_and_lock(client, lock, self.store.pipeline()).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let applied = try_join_all(runs.iter().map(|run| async move {
-            let params: Vec<&(dyn ToSql + Sync)> = run.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            client.execute(&run.statement, &params).await.map(|n| (n, run)).map_err(|e| (e, run))
-        }));
-        let advance = async {
-            let Some((statement, params)) = &frame.advance else { return Ok(None) };
-            client.execute(statement, &params.params()).await.map(Some).context(|| "cannot advance the checkpoint".into())
-        };
-        let (locked, results, advanced) = tokio::join!(begin, applied, advance);
-        if frame.begin.is_some() {
-            self.in_transaction = true;
-        }
-        // A repair recorded since this sink's batches were filtered: they might set a repaired
-        // row back, so the runtime resumes from the checkpoint knowing the repairs.
-        if let Some(version) = locked? {
-            if self.repairs_version.is_some_and(|expected| expected != version) {
-                return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
-            }
-        }
-        let results = results.map_err(|(e, run)| {
-            // Rows of one statement may trade a unique value that the source moved one row at a
-            // time; PostgreSQL checks such an index row by row. From now on that table's changes
-            // go one per statement, and the batch is applied again from the checkpoint.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) && run.rows > 1 && one_by_one(&run.table, true) {
-                return ConnectorError::conflict(format!(
-                    "a statement over {} rows of {} hit a unique index; applying its changes one by one from now on",
-                    run.rows, run.table
-                ));
-            }
-            crate::error::classify("cannot apply changes to the target", e)
-        })?;
-        for (affected, run) in results {
-            if run.kind == RunKind::Update && affected != run.rows {
-                return Err(ConnectorError::definite(format!(
-                    "{} of {} updated rows are missing from target table {}: the target has diverged from the source \
-                     (a row deleted or changed there by someone else, or a filter column that changed on the source); \
-                     run `switchyard verify` to see the difference",
-                    run.rows - affected,
-                    run.rows,
-                    run.table
-                )));
-            }
-        }
-        if let Some(updated) = advanced? {
-            self.store.check_advanced(updated)?;
-        }
-        Ok(())
+        send_runs(&self.client, &self.store, &mut self.tx, std::mem::take(pending), frame).await
     }
 
     async fn truncate(
@@ -284,7 +245,7 @@ impl PgSink {
                 whole.push(quote_table(&table.id));
                 continue;
             }
-            let target = self.target(&table.id).await?.clone();
+            let target = self.planner.target(&self.client, &table.id).await?.clone();
             let mut clauses = Vec::new();
             let mut params: Vec<String> = Vec::new();
             for (name, value) in condition {
@@ -313,7 +274,7 @@ impl PgSink {
 
     /// Adds columns that appeared on the source; any other change of shape was refused upstream.
     async fn on_schema_change(&mut self, old: &TableSchema, new: &TableSchema) -> Result<(), ConnectorError> {
-        let target = self.target(&new.id).await?.clone();
+        let target = self.planner.target(&self.client, &new.id).await?.clone();
         for column in new.columns.iter().filter(|c| old.column_index(&c.name).is_none()) {
             if target.schema.column_index(&column.name).is_some() {
                 continue;
@@ -330,35 +291,210 @@ impl PgSink {
             self.client.batch_execute(&sql).await.context(|| format!("cannot add column {} to {}", column.name, new.id))?;
             tracing::info!(table = %new.id, column = %column.name, "added a column that appeared on the source");
         }
-        self.targets.remove(&new.id);
-        self.plans.retain(|_, (shape, _)| shape.id != new.id);
-        self.statements.clear();
+        self.planner.targets.remove(&new.id);
+        self.planner.plans.retain(|_, (shape, _)| shape.id != new.id);
+        self.planner.statements.clear();
         Ok(())
+    }
+}
+
+impl Planner {
+    async fn target(&mut self, client: &Client, id: &TableId) -> Result<&TableInfo, ConnectorError> {
+        if !self.targets.contains_key(id) {
+            let info = catalog::load_table(client, id).await?.ok_or_else(|| {
+                ConnectorError::definite(format!("target table {id} does not exist; create it (the target schema is yours)"))
+            })?;
+            self.targets.insert(id.clone(), info);
+        }
+        Ok(&self.targets[id])
+    }
+
+    async fn plan(&mut self, client: &Client, shaped: &Arc<TableSchema>) -> Result<Arc<ApplyPlan>, ConnectorError> {
+        let address = Arc::as_ptr(shaped) as usize;
+        if let Some((_, plan)) = self.plans.get(&address) {
+            return Ok(plan.clone());
+        }
+        let target = self.target(client, &shaped.id).await?;
+        let plan = Arc::new(plan_for(shaped, target)?);
+        if one_by_one(&shaped.id, false) {
+            self.ties.one_by_one.insert(shaped.id.clone());
+        }
+        if !self.tied_known.contains(&shaped.id) {
+            let key: Vec<&str> = plan.key.iter().map(|&k| plan.column_names[k].as_str()).collect();
+            let ties = catalog::reorder_ties(client, &shaped.id, &key).await?;
+            if ties.ordered {
+                self.ties.ordered.insert(shaped.id.clone());
+            }
+            for other in ties.linked {
+                self.ties.link(&shaped.id, &other);
+            }
+            self.tied_known.insert(shaped.id.clone());
+        }
+        self.plans.insert(address, (shaped.clone(), plan.clone()));
+        Ok(plan)
+    }
+
+    async fn statement(&mut self, client: &Client, sql: String) -> Result<Statement, ConnectorError> {
+        if let Some(statement) = self.statements.get(&sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(&sql).await.context(|| format!("cannot prepare {sql}"))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Statements for a run of row changes (no schema change or TRUNCATE among them), grouped
+    /// as the target's constraints allow.
+    async fn prepare_rows(&mut self, client: &Client, changes: &[Change]) -> Result<Vec<PreparedRun>, ConnectorError> {
+        for change in changes {
+            self.plan(client, change.table().expect("row changes have a table")).await?;
+        }
+        let mut runs = Vec::new();
+        for group in grouping::group(changes, &self.ties) {
+            let members: Vec<&Change> = group.changes.iter().map(|&i| &changes[i]).collect();
+            let plan = self.plan(client, members[0].table().expect("row change")).await?;
+            runs.push(self.prepare_run(client, &plan, &members, group.kind).await?);
+        }
+        Ok(runs)
+    }
+
+    async fn prepare_run(&mut self, client: &Client, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
+        let (sql, columns) = match kind {
+            RunKind::Insert => insert_sql(plan),
+            RunKind::Update => update_sql(plan, &present_columns(changes[0])),
+            RunKind::Delete => delete_sql(plan),
+        };
+        let statement = self.statement(client, sql).await?;
+        let mut arrays: Vec<TextArray> = vec![TextArray::default(); columns.len()];
+        for change in changes {
+            for (array, source) in arrays.iter_mut().zip(&columns) {
+                array.push(value_for(change, *source, plan));
+            }
+        }
+        Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target.clone() })
+    }
+
+    /// Plans `batch` and encodes its values (see `PgSink::ready`).
+    async fn ready(&mut self, client: &Client, store: &CheckpointStore, batch: &ChangeBatch) -> Result<ReadyBatch, ConnectorError> {
+        let body = if batch.changes.iter().all(is_row_change) {
+            ReadyBody::Rows(self.prepare_rows(client, &batch.changes).await?)
+        } else {
+            ReadyBody::Mixed(batch.changes.clone())
+        };
+        let advance = match &batch.commit {
+            Some(commit) => Some((self.statement(client, store.advance_sql()).await?, store.advance_params(&commit.position, commit.time_micros))),
+            None => None,
+        };
+        Ok(ReadyBatch {
+            body,
+            commit: batch.commit.clone(),
+            changes: batch.changes.len(),
+            lock: self.statement(client, store.lock_sql()).await?,
+            advance,
+        })
     }
 }
 
 impl Sink for PgSink {
     async fn write(&mut self, batch: &ChangeBatch) -> Result<Option<Commit>, ConnectorError> {
-        let advance = match &batch.commit {
-            Some(commit) => Some((self.statement(self.store.advance_sql()).await?, self.store.advance_params(&commit.position, commit.time_micros))),
-            None => None,
-        };
-        let frame = match (self.in_transaction, advance) {
-            (true, advance) => Frame { begin: None, advance },
-            // The usual batch, whole source transactions: advancing the checkpoint first takes
-            // the pipeline's lock too (one statement fewer than locking, then advancing).
-            (false, Some((statement, params))) => Frame { begin: Some(Lock { statement, advance: Some(params) }), advance: None },
-            (false, None) => Frame { begin: Some(Lock { statement: self.statement(self.store.lock_sql()).await?, advance: None }), advance: None },
-        };
-        if let Err(error) = self.apply(&batch.changes, frame).await {
-            self.rollback().await;
-            return Err(error);
-        }
-        let Some(commit) = &batch.commit else { return Ok(None) };
-        self.client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
-        self.in_transaction = false;
-        Ok(Some(commit.clone()))
+        let ready = self.ready(batch).await?;
+        self.write_ready(ready).await
     }
+}
+
+/// Sends the prepared runs pipelined, inside `frame` (the transaction's start before them,
+/// the checkpoint's advance after them), and checks each did what it should: a batch costs
+/// one round trip here and one for its COMMIT.
+async fn send_runs(client: &Client, store: &CheckpointStore, tx: &mut TxState, runs: Vec<PreparedRun>, frame: Frame) -> Result<(), ConnectorError> {
+    if runs.is_empty() && frame.is_empty() {
+        return Ok(());
+    }
+    let begin = async {
+        match &frame.begin {
+            Some(lock) => begin_and_lock(client, lock, store.pipeline()).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let applied = try_join_all(runs.iter().map(|run| async move {
+        let params: Vec<&(dyn ToSql + Sync)> = run.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        client.execute(&run.statement, &params).await.map(|n| (n, run)).map_err(|e| (e, run))
+    }));
+    let advance = async {
+        let Some((statement, params)) = &frame.advance else { return Ok(None) };
+        client.execute(statement, &params.params()).await.map(Some).context(|| "cannot advance the checkpoint".into())
+    };
+    let (locked, results, advanced) = tokio::join!(begin, applied, advance);
+    if frame.begin.is_some() {
+        tx.open = true;
+    }
+    // A repair recorded since this sink's batches were filtered: they might set a repaired
+    // row back, so the runtime resumes from the checkpoint knowing the repairs.
+    if let Some(version) = locked? {
+        if tx.repairs_version.is_some_and(|expected| expected != version) {
+            return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
+        }
+    }
+    let results = results.map_err(|(e, run)| {
+        // Rows of one statement may trade a unique value that the source moved one row at a
+        // time; PostgreSQL checks such an index row by row. From now on that table's changes
+        // go one per statement, and the batch is applied again from the checkpoint.
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) && run.rows > 1 && one_by_one(&run.table, true) {
+            return ConnectorError::conflict(format!(
+                "a statement over {} rows of {} hit a unique index; applying its changes one by one from now on",
+                run.rows, run.table
+            ));
+        }
+        crate::error::classify("cannot apply changes to the target", e)
+    })?;
+    for (affected, run) in results {
+        if run.kind == RunKind::Update && affected != run.rows {
+            return Err(ConnectorError::definite(format!(
+                "{} of {} updated rows are missing from target table {}: the target has diverged from the source \
+                 (a row deleted or changed there by someone else, or a filter column that changed on the source); \
+                 run `switchyard verify` to see the difference",
+                run.rows - affected,
+                run.rows,
+                run.table
+            )));
+        }
+    }
+    if let Some(updated) = advanced? {
+        store.check_advanced(updated)?;
+    }
+    Ok(())
+}
+
+/// A batch of row changes: its statements and the checkpoint's advance in one round trip,
+/// then (at the source transaction's end) COMMIT. Any failure rolls the transaction back.
+async fn write_rows(
+    client: &Client,
+    store: &CheckpointStore,
+    tx: &mut TxState,
+    runs: Vec<PreparedRun>,
+    commit: Option<Commit>,
+    lock: Statement,
+    advance: Option<(Statement, AdvanceParams)>,
+) -> Result<Option<Commit>, ConnectorError> {
+    let frame = Frame::around(tx.open, lock, advance);
+    if let Err(error) = send_runs(client, store, tx, runs, frame).await {
+        rollback(client, tx).await;
+        return Err(error);
+    }
+    let Some(commit) = commit else { return Ok(None) };
+    client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
+    tx.open = false;
+    Ok(Some(commit))
+}
+
+async fn rollback(client: &Client, tx: &mut TxState) {
+    if tx.open {
+        let _ = client.batch_execute("ROLLBACK").await;
+        tx.open = false;
+    }
+}
+
+fn is_row_change(change: &Change) -> bool {
+    matches!(change, Change::Insert { .. } | Change::Update { .. } | Change::Delete { .. })
 }
 
 /// `BEGIN` and the pipeline's lock, pipelined; the repairs version.
@@ -394,6 +530,17 @@ struct Lock {
 }
 
 impl Frame {
+    /// The frame of a batch written inside the open transaction (`open`) or beginning one: a
+    /// batch that ends its source transaction begins by advancing the checkpoint, which takes
+    /// the pipeline's lock too (one statement fewer than locking, then advancing).
+    fn around(open: bool, lock: Statement, advance: Option<(Statement, AdvanceParams)>) -> Frame {
+        match (open, advance) {
+            (true, advance) => Frame { begin: None, advance },
+            (false, Some((statement, params))) => Frame { begin: Some(Lock { statement, advance: Some(params) }), advance: None },
+            (false, None) => Frame { begin: Some(Lock { statement: lock, advance: None }), advance: None },
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.begin.is_none() && self.advance.is_none()
     }
@@ -406,10 +553,7 @@ impl Frame {
 
 impl PgSink {
     pub async fn rollback(&mut self) {
-        if self.in_transaction {
-            let _ = self.client.batch_execute("ROLLBACK").await;
-            self.in_transaction = false;
-        }
+        rollback(&self.client, &mut self.tx).await
     }
 }
 
