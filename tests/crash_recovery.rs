@@ -10,7 +10,9 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let pair = Pair::start();
     seed_schemas(&pair);
     load_rows(&pair, 20_000, 10);
-    let pipeline = pair.pipeline("tenantize", TENANTIZE);
+    // Small batches: the backlog made while the process is down is many batches long, so kills
+    // also land while one batch is readied as the one before it is applied.
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[apply]\nmax_batch_changes = 40\n"));
     let writer = Writer::start(&pair.source, 7);
     let mut state = 0x2545F4914F6CDD1Du64;
     let mut logs = Vec::new();
@@ -37,6 +39,8 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let resumed_copies = logs.iter().filter(|l| l.contains("resuming the snapshot")).count();
     let streaming = logs.iter().filter(|l| l.contains("following the change stream")).count();
     assert!(resumed_copies >= 1 && streaming >= 1, "kill points: {resumed_copies} resumed a copy, {streaming} streamed");
+    let catching_up = logs.iter().filter(|l| l.contains("catching up: each batch is readied")).count();
+    assert!(catching_up >= 1, "no kill point found the process catching up with batches readied ahead");
     let written = writer.finish();
     assert!(written > 100, "the writer wrote only {written} statements");
     let mut process = Switchyard::run(&pipeline);

@@ -28,6 +28,7 @@ const READ_AHEAD: usize = 4;
 struct Handover {
     batches: mpsc::UnboundedReceiver<ChangeBatch>,
     budget: Arc<Semaphore>,
+    max_changes: usize,
 }
 
 fn weight(batch: &ChangeBatch) -> u32 {
@@ -37,14 +38,20 @@ fn weight(batch: &ChangeBatch) -> u32 {
 impl Handover {
     fn new(max_changes: usize) -> (mpsc::UnboundedSender<ChangeBatch>, Arc<Semaphore>, Handover) {
         let (sender, batches) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(READ_AHEAD * max_changes.max(1)));
-        (sender, budget.clone(), Handover { batches, budget })
+        let max_changes = max_changes.max(1);
+        let budget = Arc::new(Semaphore::new(READ_AHEAD * max_changes));
+        (sender, budget.clone(), Handover { batches, budget, max_changes })
     }
 
     async fn recv(&mut self) -> Option<ChangeBatch> {
         let batch = self.batches.recv().await?;
         self.budget.add_permits(weight(&batch) as usize);
         Some(batch)
+    }
+
+    /// Changes handed over and not yet taken.
+    fn waiting_changes(&self) -> usize {
+        (READ_AHEAD * self.max_changes).saturating_sub(self.budget.available_permits())
     }
 
     fn try_recv(&mut self) -> Option<ChangeBatch> {
@@ -135,6 +142,7 @@ async fn apply_loop<S: Source + 'static>(
     let mut inside_transaction = false;
     let mut report = Report::default();
     let mut readied = None;
+    let mut catching_up = false;
     let result: anyhow::Result<()> = async {
         loop {
             // A part of a big transaction is finished before stopping; the target would roll
@@ -161,6 +169,12 @@ async fn apply_loop<S: Source + 'static>(
             let (changes, commit_micros) = (ready.changes(), ready.commit().map(|c| c.time_micros));
             let mut gathered = Ok(());
             let next = async {
+                // Readying ahead pays while a full batch is waiting (catching up). With less, a
+                // batch gathered after this one commits also holds what arrives meanwhile, so
+                // nothing waits for two target transactions.
+                if incoming.waiting_changes() < options.max_batch_changes {
+                    return None;
+                }
                 // The connection sends this batch's statements first.
                 tokio::task::yield_now().await;
                 let first = incoming.try_recv()?;
@@ -181,6 +195,10 @@ async fn apply_loop<S: Source + 'static>(
             }
             gathered?;
             readied = next_ready?;
+            if readied.is_some() && !catching_up {
+                tracing::info!("catching up: each batch is readied while the target applies the one before it");
+            }
+            catching_up = readied.is_some();
         }
     }
     .await;
