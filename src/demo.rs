@@ -7,7 +7,8 @@ use anyhow::Context;
 use switchyard_testkit::{seed_statement, PgCluster, SqlLoad};
 use tokio::sync::watch;
 
-const TENANT: &str = "00000000-0000-0000-0000-000000000001";
+/// The tenant the demo (and the bench) attaches.
+pub const TENANT: &str = "00000000-0000-0000-0000-000000000001";
 const PIPELINE: &str = include_str!("../pipelines/tenantize.toml");
 
 /// The seed's single-tenant schema.

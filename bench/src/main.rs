@@ -3,8 +3,8 @@
 //! and writes the same as JSON under target/bench-reports/.
 //!
 //! Figures: the initial copy (Switchyard through the tenantize transform, pgcopydb clone, native
-//! logical replication's initial sync, pg_dump | pg_restore, and a bare COPY of the same rows as
-//! the limit); a full verification pass (against pgcopydb compare data's checksum query); the
+//! logical replication's initial sync, pg_dump | pg_restore, and bare COPYs of the same rows into
+//! the single-tenant and the multi-tenant tables as the limits); a full verification pass (against pgcopydb compare data's checksum query); the
 //! catch-up on a backlog (against native logical replication, with pg_recvlogical as the
 //! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
 //!
@@ -277,6 +277,26 @@ fn main() {
             assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
         }
         record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
+
+        // The limit for the tenantize copy: the same bare COPY into the multi-tenant tables,
+        // the tenant attached by the source query.
+        target.create_database("raw_tenants");
+        target.psql("raw_tenants", &switchyard::demo::target_schema());
+        let started = Instant::now();
+        for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
+            let shell = format!(
+                "{psql} -X -h {} -p {} -U postgres -d app -c \"COPY (SELECT '{tenant}'::uuid, {columns} FROM {table}) TO STDOUT\" \
+                 | {psql} -X -h {} -p {} -U postgres -d raw_tenants -c 'SET session_replication_role = replica' -c 'COPY {table} (tenant_id, {columns}) FROM STDIN'",
+                source.socket_dir().display(),
+                source.port(),
+                target.socket_dir().display(),
+                target.port(),
+                psql = source.bin("psql").display(),
+                tenant = switchyard::demo::TENANT,
+            );
+            assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
+        }
+        record("snapshot", "bare_copy_tenantized", started.elapsed().as_secs_f64());
     }
 
     // Verification: Switchyard's pass vs `pgcopydb compare data`. Debian's pgcopydb 0.10 predates

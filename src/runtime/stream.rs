@@ -142,7 +142,7 @@ async fn apply_loop<S: Source + 'static>(
     let mut inside_transaction = false;
     let mut report = Report::default();
     let mut readied = None;
-    let mut catching_up = false;
+    let mut told_catching_up = false;
     let result: anyhow::Result<()> = async {
         loop {
             // A part of a big transaction is finished before stopping; the target would roll
@@ -195,10 +195,10 @@ async fn apply_loop<S: Source + 'static>(
             }
             gathered?;
             readied = next_ready?;
-            if readied.is_some() && !catching_up {
+            if readied.is_some() && !told_catching_up {
                 tracing::info!("catching up: each batch is readied while the target applies the one before it");
+                told_catching_up = true;
             }
-            catching_up = readied.is_some();
         }
     }
     .await;
