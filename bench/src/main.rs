@@ -4,8 +4,8 @@
 //!
 //! Figures: the initial copy (Switchyard through the tenantize transform, pgcopydb clone, native
 //! logical replication's initial sync, pg_dump | pg_restore, and bare COPYs of the same rows into
-//! the single-tenant and the multi-tenant tables as the limits); a full verification pass (against pgcopydb compare data's checksum query); the
-//! catch-up on a backlog (against native logical replication, with pg_recvlogical as the
+//! the single-tenant and the multi-tenant tables as the limits); a full verification pass
+//! (against pgcopydb compare data's checksum query); the catch-up on a backlog (against native logical replication, with pg_recvlogical as the
 //! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
 //!
 //! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60), `--rates 1000,2000`;
@@ -26,6 +26,26 @@ pub struct Figure {
     tool: &'static str,
     value: f64,
     unit: &'static str,
+}
+
+/// `copy_out` on the source's app database piped by two psql processes into `copy_in` on the
+/// target's `database`, applied as a replica (as every tool here applies).
+fn bare_copy(source: &PgCluster, target: &PgCluster, database: &str, copy_out: &str, copy_in: &str) {
+    let psql = |cluster: &PgCluster, database: &str| {
+        let mut command = Command::new(cluster.bin("psql"));
+        command.args(["-X", "-q", "-h", &cluster.socket_dir().display().to_string(), "-p", &cluster.port().to_string()]);
+        command.args(["-U", "postgres", "-d", database]);
+        command
+    };
+    let mut reader = psql(source, "app").args(["-c", copy_out]).stdout(Stdio::piped()).spawn().unwrap();
+    let rows = reader.stdout.take().unwrap();
+    let writer = psql(target, database)
+        .args(["-c", "SET session_replication_role = replica", "-c", copy_in])
+        .stdin(rows)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(reader.wait().unwrap().success() && writer.success(), "bare COPY {copy_out} -> {copy_in} failed");
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -266,15 +286,7 @@ fn main() {
         target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
         let started = Instant::now();
         for table in ["users", "orders"] {
-            let shell = format!(
-                "{psql} -X -h {} -p {} -U postgres -d app -c 'COPY {table} TO STDOUT' | {psql} -X -h {} -p {} -U postgres -d raw -c 'SET session_replication_role = replica' -c 'COPY {table} FROM STDIN'",
-                source.socket_dir().display(),
-                source.port(),
-                target.socket_dir().display(),
-                target.port(),
-                psql = source.bin("psql").display(),
-            );
-            assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
+            bare_copy(&source, &target, "raw", &format!("COPY {table} TO STDOUT"), &format!("COPY {table} FROM STDIN"));
         }
         record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
 
@@ -284,17 +296,8 @@ fn main() {
         target.psql("raw_tenants", &switchyard::demo::target_schema());
         let started = Instant::now();
         for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
-            let shell = format!(
-                "{psql} -X -h {} -p {} -U postgres -d app -c \"COPY (SELECT '{tenant}'::uuid, {columns} FROM {table}) TO STDOUT\" \
-                 | {psql} -X -h {} -p {} -U postgres -d raw_tenants -c 'SET session_replication_role = replica' -c 'COPY {table} (tenant_id, {columns}) FROM STDIN'",
-                source.socket_dir().display(),
-                source.port(),
-                target.socket_dir().display(),
-                target.port(),
-                psql = source.bin("psql").display(),
-                tenant = switchyard::demo::TENANT,
-            );
-            assert!(Command::new("bash").args(["-c", &shell]).stdout(Stdio::null()).status().unwrap().success());
+            let out = format!("COPY (SELECT '{}'::uuid, {columns} FROM {table}) TO STDOUT", switchyard::demo::TENANT);
+            bare_copy(&source, &target, "raw_tenants", &out, &format!("COPY {table} (tenant_id, {columns}) FROM STDIN"));
         }
         record("snapshot", "bare_copy_tenantized", started.elapsed().as_secs_f64());
     }

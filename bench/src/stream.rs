@@ -221,8 +221,6 @@ impl Stream<'_> {
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
     }
 
-    /// The processes that move a tool's changes: its walsender on the source, whatever applies
-    /// on the target, and Switchyard's own process.
     /// Where a catch-up's time went: the CPU its processes (all started for it) have used, and
     /// the whole machine's busy share since `busy_before` (machine_busy_seconds at the start).
     fn print_catch_up_cpu(&self, tool: &str, seconds: f64, busy_before: f64, switchyard: Option<u32>) {
@@ -232,6 +230,8 @@ impl Stream<'_> {
         println!("figure=catch_up_cpu tool={tool} wall_s={seconds:.1} machine_busy={busy:.0}% (of 2 cores: 200%) {}", used.join(" "));
     }
 
+    /// The processes that move a tool's changes: its walsender on the source, whatever applies
+    /// on the target, and Switchyard's own process.
     fn consumer_pids(&self, tool: &str, switchyard: Option<u32>) -> Vec<(&'static str, Vec<u32>)> {
         let pids = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
         let application = if tool == "switchyard" { "switchyard" } else { "bench_native" };
@@ -256,8 +256,7 @@ impl Stream<'_> {
     }
 }
 
-/// One psql session kept open for the lag samples: starting psql and a backend ten times a
-/// second would load the machine the tools are measured on.
+/// CPU seconds (user + system) the processes have used so far.
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().copied().map(cpu_seconds).sum()
 }

@@ -130,8 +130,8 @@ async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str)
 async fn apply_loop<S: Source + 'static>(
     source: S,
     mut sink: PgSink,
-    mut shaper: Shaper,
-    mut seam: Seam,
+    shaper: Shaper,
+    seam: Seam,
     acknowledge: watch::Sender<Option<Position>>,
     options: FollowOptions,
     touched: Option<Touched>,
@@ -141,6 +141,7 @@ async fn apply_loop<S: Source + 'static>(
     let reader = tokio::spawn(read_loop(source, batches, budget));
     let mut inside_transaction = false;
     let mut report = Report::default();
+    let mut gathering = Gathering { seam, shaper, touched: touched.as_ref(), max_changes: options.max_batch_changes };
     let mut readied = None;
     let mut told_catching_up = false;
     let result: anyhow::Result<()> = async {
@@ -162,7 +163,7 @@ async fn apply_loop<S: Source + 'static>(
                             None => return Ok(()),
                         },
                     };
-                    let batch = gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())?;
+                    let batch = gathering.batch(first, &mut incoming)?;
                     sink.ready(&batch).await?
                 }
             };
@@ -178,9 +179,7 @@ async fn apply_loop<S: Source + 'static>(
                 // The connection sends this batch's statements first.
                 tokio::task::yield_now().await;
                 let first = incoming.try_recv()?;
-                gather(first, &mut incoming, options.max_batch_changes, &mut seam, &mut shaper, touched.as_ref())
-                    .map_err(|error| gathered = Err(error))
-                    .ok()
+                gathering.batch(first, &mut incoming).map_err(|error| gathered = Err(error)).ok()
             };
             let writing = Instant::now();
             let (written, next_ready) = sink.write_while(ready, next).await;
@@ -210,36 +209,40 @@ async fn apply_loop<S: Source + 'static>(
     read
 }
 
-/// Takes the first batch and whatever complete transactions are already waiting (up to
-/// `max_changes`), filtered and transformed into one batch for one target transaction.
-fn gather(
-    first: ChangeBatch,
-    incoming: &mut Handover,
+/// What turns the source's batches into the sink's: the seam's filter, the transforms, and
+/// continuous verification's record of touched rows.
+struct Gathering<'a> {
+    seam: Seam,
+    shaper: Shaper,
+    touched: Option<&'a Touched>,
     max_changes: usize,
-    seam: &mut Seam,
-    shaper: &mut Shaper,
-    touched: Option<&Touched>,
-) -> anyhow::Result<ChangeBatch> {
-    let mut merged = ChangeBatch { begins_at: first.begins_at.clone(), changes: Vec::new(), commit: None };
-    let mut next = Some(first);
-    while let Some(batch) = next.take() {
-        if let Some(touched) = touched {
-            let commit_micros = batch.commit.as_ref().map(|c| c.time_micros).unwrap_or_else(now_micros);
-            touched.mark(&batch.changes, commit_micros);
-        }
-        for change in batch.changes {
-            check_schema_change(&change)?;
-            let Some(change) = seam.filter(change, &batch.begins_at)? else { continue };
-            if let Some(change) = shaper.apply(change)? {
-                merged.changes.push(change);
+}
+
+impl Gathering<'_> {
+    /// Takes the first batch and whatever complete transactions are already waiting (up to
+    /// `max_changes`), filtered and transformed into one batch for one target transaction.
+    fn batch(&mut self, first: ChangeBatch, incoming: &mut Handover) -> anyhow::Result<ChangeBatch> {
+        let mut merged = ChangeBatch { begins_at: first.begins_at.clone(), changes: Vec::new(), commit: None };
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            if let Some(touched) = self.touched {
+                let commit_micros = batch.commit.as_ref().map(|c| c.time_micros).unwrap_or_else(now_micros);
+                touched.mark(&batch.changes, commit_micros);
+            }
+            for change in batch.changes {
+                check_schema_change(&change)?;
+                let Some(change) = self.seam.filter(change, &batch.begins_at)? else { continue };
+                if let Some(change) = self.shaper.apply(change)? {
+                    merged.changes.push(change);
+                }
+            }
+            merged.commit = batch.commit;
+            if merged.commit.is_some() && merged.changes.len() < self.max_changes {
+                next = incoming.try_recv();
             }
         }
-        merged.commit = batch.commit;
-        if merged.commit.is_some() && merged.changes.len() < max_changes {
-            next = incoming.try_recv();
-        }
+        Ok(merged)
     }
-    Ok(merged)
 }
 
 /// Adding columns at the end is carried to the target; any other change of a table's shape

@@ -135,9 +135,7 @@ impl PgSink {
     }
 
     pub async fn commit(&mut self) -> Result<(), ConnectorError> {
-        self.client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
-        self.tx.open = false;
-        Ok(())
+        commit(&self.client, &mut self.tx).await
     }
 
     pub fn store(&self) -> &CheckpointStore {
@@ -480,10 +478,15 @@ async fn write_rows(
         rollback(client, tx).await;
         return Err(error);
     }
-    let Some(commit) = commit else { return Ok(None) };
+    let Some(committed) = commit else { return Ok(None) };
+    self::commit(client, tx).await?;
+    Ok(Some(committed))
+}
+
+async fn commit(client: &Client, tx: &mut TxState) -> Result<(), ConnectorError> {
     client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())?;
     tx.open = false;
-    Ok(Some(commit))
+    Ok(())
 }
 
 async fn rollback(client: &Client, tx: &mut TxState) {
