@@ -48,6 +48,47 @@ fn bare_copy(source: &PgCluster, target: &PgCluster, database: &str, copy_out: &
     assert!(reader.wait().unwrap().success() && writer.success(), "bare COPY {copy_out} -> {copy_in} failed");
 }
 
+/// `copies` run by `parallel` streams at once, each taking the next copy when it is done.
+fn bare_copies(source: &PgCluster, target: &PgCluster, database: &str, copies: &[(String, String)], parallel: usize) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| {
+                while let Some((out, into)) = copies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                    bare_copy(source, target, database, out, into);
+                }
+            });
+        }
+    });
+}
+
+/// `id` conditions splitting `table` into `parts` key ranges of about equal width.
+fn key_ranges(source: &PgCluster, table: &str, parts: usize) -> Vec<String> {
+    let bounds = source.psql("app", &format!("SELECT min(id) || ' ' || max(id) FROM {table}"));
+    let (lo, hi) = bounds.split_once(' ').map(|(a, b)| (a.parse::<i64>().unwrap(), b.parse::<i64>().unwrap() + 1)).unwrap();
+    let width = ((hi - lo) / parts as i64).max(1);
+    (0..parts as i64)
+        .map(|k| {
+            let from = lo + k * width;
+            if k + 1 == parts as i64 { format!("id >= {from}") } else { format!("id >= {from} AND id < {}", from + width) }
+        })
+        .collect()
+}
+
+/// Before each timed copy: dirty pages written out on both clusters, so a checkpoint caused by
+/// an earlier tool's writes does not land on the next tool's copy.
+fn settle(source: &PgCluster, target: &PgCluster) {
+    source.psql("app", "CHECKPOINT");
+    target.psql("postgres", "CHECKPOINT");
+}
+
+/// The `[snapshot] parallel` of a pipeline file: the peers' copies get the same parallelism.
+fn copy_parallelism(pipeline: &Path) -> usize {
+    let text = std::fs::read_to_string(pipeline).unwrap();
+    let file = switchyard::config::parse_str(&text, &|_| Some("postgres://unused".into())).expect("the bench's pipeline file parses");
+    file.snapshot.parallel
+}
+
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
@@ -109,6 +150,7 @@ fn main() {
     let dir = tempdir();
     let pipeline = dir.join("tenantize.toml");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/tenantize.toml"), &pipeline).unwrap();
+    settle(&source, &target);
     let started = Instant::now();
     let mut run = Command::new(&switchyard)
         .args(["run"])
@@ -215,6 +257,7 @@ fn main() {
             ),
         )
         .unwrap();
+        settle(&source, &target);
         let started = Instant::now();
         let mut run = Command::new(&switchyard).args(["run"]).arg(&plain).env("SWITCHYARD_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
         let mut session = session::Session::open(&target, "plain");
@@ -227,12 +270,14 @@ fn main() {
         run.wait().unwrap();
         Command::new(&switchyard).args(["teardown"]).arg(&plain).output().unwrap();
 
-        // pgcopydb clone, with the same parallelism.
+        // pgcopydb clone, with the same parallelism as the tenantize pipeline's copy.
         target.create_database("pgcopydb");
         let work = dir.join("pgcopydb");
+        let jobs = copy_parallelism(&pipeline).to_string();
+        settle(&source, &target);
         let started = Instant::now();
         let status = Command::new("pgcopydb")
-            .args(["clone", "--table-jobs", "4", "--index-jobs", "4", "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
+            .args(["clone", "--table-jobs", &jobs, "--index-jobs", &jobs, "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
             .arg(&work)
             .args(["--source", &source.url("app"), "--target", &target.url("pgcopydb")])
             .env("PATH", format!("{}:{}", source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
@@ -249,6 +294,7 @@ fn main() {
     target.create_database("native");
     target.psql("native", switchyard::demo::SOURCE_SCHEMA);
     source.psql("app", "CREATE PUBLICATION bench_native FOR TABLE users, orders;");
+    settle(&source, &target);
     let started = Instant::now();
     target.psql(
         "native",
@@ -268,6 +314,7 @@ fn main() {
     if !skip_peers {
         // pg_dump | pg_restore.
         target.create_database("dump");
+        settle(&source, &target);
         let started = Instant::now();
         let shell = format!(
             "{} -Fc -h {} -p {} -U postgres app | {} --no-owner -h {} -p {} -U postgres -d dump",
@@ -281,24 +328,36 @@ fn main() {
         assert!(Command::new("bash").args(["-c", &shell]).status().unwrap().success(), "pg_dump | pg_restore failed");
         record("snapshot", "pg_dump", started.elapsed().as_secs_f64());
 
-        // The limit: a bare COPY of the same rows into the same indexed tables.
+        // The limit: a bare COPY of the same rows into the same indexed tables, with the same
+        // parallelism (each table in as many key ranges as there are streams).
         target.create_database("raw");
         target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
-        let started = Instant::now();
-        for table in ["users", "orders"] {
-            bare_copy(&source, &target, "raw", &format!("COPY {table} TO STDOUT"), &format!("COPY {table} FROM STDIN"));
+        let jobs = copy_parallelism(&pipeline);
+        let mut copies = Vec::new();
+        for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
+            for range in key_ranges(&source, table, jobs) {
+                copies.push((format!("COPY (SELECT {columns} FROM {table} WHERE {range}) TO STDOUT"), format!("COPY {table} ({columns}) FROM STDIN")));
+            }
         }
+        settle(&source, &target);
+        let started = Instant::now();
+        bare_copies(&source, &target, "raw", &copies, jobs);
         record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
 
-        // The limit for the tenantize copy: the same bare COPY into the multi-tenant tables,
+        // The limit for the tenantize copy: the same bare COPYs into the multi-tenant tables,
         // the tenant attached by the source query.
         target.create_database("raw_tenants");
         target.psql("raw_tenants", &switchyard::demo::target_schema());
+        let tenanted: Vec<(String, String)> = copies
+            .iter()
+            .map(|(out, into)| {
+                let out = out.replacen("COPY (SELECT ", &format!("COPY (SELECT '{}'::uuid, ", switchyard::demo::TENANT), 1);
+                (out, into.replacen(" (", " (tenant_id, ", 1))
+            })
+            .collect();
+        settle(&source, &target);
         let started = Instant::now();
-        for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
-            let out = format!("COPY (SELECT '{}'::uuid, {columns} FROM {table}) TO STDOUT", switchyard::demo::TENANT);
-            bare_copy(&source, &target, "raw_tenants", &out, &format!("COPY {table} (tenant_id, {columns}) FROM STDIN"));
-        }
+        bare_copies(&source, &target, "raw_tenants", &tenanted, jobs);
         record("snapshot", "bare_copy_tenantized", started.elapsed().as_secs_f64());
     }
 

@@ -115,7 +115,7 @@ pub struct SnapshotSection {
 
 impl Default for SnapshotSection {
     fn default() -> Self {
-        SnapshotSection { parallel: 4, chunk_rows: 100_000 }
+        SnapshotSection { parallel: 2, chunk_rows: 100_000 }
     }
 }
 

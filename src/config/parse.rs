@@ -123,7 +123,7 @@ mod tests {
         let file = parse_str(GOOD, &env).unwrap();
         assert_eq!(file.source.url, "postgres://a@h/s");
         assert_eq!(file.slot_name(), "switchyard_tenantize");
-        assert_eq!(file.snapshot.parallel, 4);
+        assert_eq!(file.snapshot.parallel, 2);
         match &file.transforms[0] {
             super::super::TransformSection::AttachColumn { value, .. } => {
                 assert_eq!(value, "00000000-0000-0000-0000-000000000001")
