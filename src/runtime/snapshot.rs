@@ -11,7 +11,8 @@ use super::{record_for, stopping, Pipeline, Shutdown};
 use crate::registry::{slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Origin, Shaper, TablePlan};
 use futures_util::StreamExt;
-use switchyard_postgres::copy_text;
+use switchyard_postgres::load::CopyFormat;
+use switchyard_postgres::{copy_binary, copy_text};
 
 pub(super) async fn initial(
     pipeline: &Pipeline<'_>,
@@ -45,7 +46,7 @@ pub(super) async fn initial(
     drop(reader);
     let record = record_for(file, &at);
     store.create(target, &record, &chunks).await?;
-    copy(pipeline, shaper, &exported.name, &at, chunks, &estimates).await?;
+    copy(pipeline, (source, &*target), shaper, &exported.name, &at, chunks, &estimates).await?;
     Ok(record)
 }
 
@@ -79,7 +80,7 @@ pub(super) async fn resume(
     for chunk in &remaining {
         *estimates.entry(chunk.table.clone()).or_insert(0) += file.snapshot.chunk_rows as i64;
     }
-    copy(pipeline, shaper, &exported.name, &at, remaining, &estimates).await?;
+    copy(pipeline, (source, target), shaper, &exported.name, &at, remaining, &estimates).await?;
     Ok(record)
 }
 
@@ -125,6 +126,7 @@ pub async fn plan_chunks(
 
 async fn copy(
     pipeline: &Pipeline<'_>,
+    (source, target): (&tokio_postgres::Client, &tokio_postgres::Client),
     shaper: &mut Shaper,
     snapshot: &str,
     at: &Position,
@@ -132,10 +134,15 @@ async fn copy(
     estimates: &HashMap<TableId, i64>,
 ) -> anyhow::Result<()> {
     let Pipeline { file, endpoints, store, tables, shutdown, .. } = pipeline;
+    let same_major = major_version(source).await? == major_version(target).await?;
     let mut plans = HashMap::new();
     for table in tables {
         let plan = shaper.plan(table)?;
-        plans.insert(table.id.clone(), (Route::for_plan(&plan), plan));
+        let route = Route::for_plan(&plan, target, same_major).await?;
+        if let Route::Through { format: CopyFormat::Binary, .. } = route {
+            tracing::info!(table = %table.id, "copying in COPY's binary format: the same column types on both sides");
+        }
+        plans.insert(table.id.clone(), (route, plan));
     }
     let progress = Arc::new(CopyProgress::new(tables.iter().map(|t| (t.id.clone(), estimates.get(&t.id).copied().unwrap_or(0)))));
     let workers = file.snapshot.parallel.min(chunks.len()).max(1);
@@ -194,12 +201,15 @@ impl CopyJob {
             let key_column = &plan.source.columns[plan.source.key[0]].name;
             let range = chunk.range.map(|(lo, hi)| (key_column.as_str(), lo, hi));
             let load = match route {
-                Route::Through { source_columns, target_columns, suffix } => {
-                    let mut stream = Box::pin(reader.copy_out_columns(&plan.source.id, &strs(source_columns), range).await?);
-                    let mut load = loader.start_columns(&plan.target.id, &strs(target_columns)).await?;
+                Route::Through { source_columns, target_columns, format, suffix, extra } => {
+                    let mut stream = Box::pin(reader.copy_out_columns(&plan.source.id, &strs(source_columns), range, *format).await?);
+                    let mut load = loader.start_columns(&plan.target.id, &strs(target_columns), *format).await?;
                     let mut unreported = 0;
                     while let Some(data) = stream.next().await.transpose()? {
-                        unreported += load.push_text(&data, suffix).await?;
+                        unreported += match format {
+                            CopyFormat::Text => load.push_text(&data, suffix).await?,
+                            CopyFormat::Binary => load.push_binary(&data, suffix, *extra).await?,
+                        };
                         if unreported >= PROGRESS_ROWS {
                             self.progress.add(&chunk.table, std::mem::take(&mut unreported));
                         }
@@ -232,36 +242,69 @@ const PROGRESS_ROWS: u64 = 8192;
 
 /// How a table's rows travel from the source's COPY to the target's.
 enum Route {
-    /// As COPY text, untouched: the source query picks and orders the carried columns (drops
-    /// and renames need nothing else), and each line gets the constant columns' text appended.
-    /// Values keep their text form either way, so this loads exactly what `Shaped` would.
-    Through { source_columns: Vec<String>, target_columns: Vec<String>, suffix: Vec<u8> },
+    /// As COPY data, untouched: the source query picks and orders the carried columns (drops
+    /// and renames need nothing else), and each row gets the constant columns appended
+    /// (`extra` of them, as `suffix`). Values keep their form either way, so this loads
+    /// exactly what `Shaped` would. In binary when every column's type allows (see
+    /// `copy_binary`): the target then receives values instead of parsing text.
+    Through { source_columns: Vec<String>, target_columns: Vec<String>, format: CopyFormat, suffix: Vec<u8>, extra: u16 },
     /// Parsed, filtered and shaped row by row: for tables with row filters.
     Shaped,
 }
 
 impl Route {
-    fn for_plan(plan: &TablePlan) -> Route {
+    async fn for_plan(plan: &TablePlan, target: &tokio_postgres::Client, same_major: bool) -> anyhow::Result<Route> {
         if !plan.filters().is_empty() {
-            return Route::Shaped;
+            return Ok(Route::Shaped);
         }
         let (mut source_columns, mut target_columns) = (Vec::new(), Vec::new());
         let (mut constant_columns, mut constants) = (Vec::new(), Vec::new());
-        for (origin, target) in plan.origins().iter().zip(&plan.target.columns) {
+        for (origin, shaped) in plan.origins().iter().zip(&plan.target.columns) {
             match origin {
                 Origin::Source(i) => {
                     source_columns.push(plan.source.columns[*i].name.clone());
-                    target_columns.push(target.name.clone());
+                    target_columns.push(shaped.name.clone());
                 }
                 Origin::Constant(value) => {
-                    constant_columns.push(target.name.clone());
+                    constant_columns.push(shaped.name.clone());
                     constants.push(value.clone());
                 }
             }
         }
+        let table = crate::registry::pg_catalog::load_table(target, &plan.target.id).await?;
+        let target_type = |name: &str| table.as_ref()?.schema.columns.iter().find(|c| c.name == name);
+        let binary = same_major
+            && plan.origins().iter().zip(&plan.target.columns).all(|(origin, shaped)| {
+                let Some(on_target) = target_type(&shaped.name) else { return false };
+                let (oid, type_name) = match origin {
+                    Origin::Source(i) => (plan.source.columns[*i].type_oid, plan.source.columns[*i].type_name.as_str()),
+                    // A constant is read as the target's type, so only that type must be safe.
+                    Origin::Constant(_) => (on_target.type_oid, on_target.type_name.as_str()),
+                };
+                copy_binary::binary_safe(oid, type_name, on_target.type_oid, &on_target.type_name)
+            });
+        let extra = constants.len() as u16;
+        let suffix = if binary {
+            let mut suffix = Vec::new();
+            for (name, value) in constant_columns.iter().zip(&constants) {
+                let type_name = &target_type(name).expect("checked above").type_name;
+                let bytes = switchyard_postgres::load::binary_value(target, value.as_str(), type_name).await?;
+                copy_binary::field(bytes.as_deref(), &mut suffix);
+            }
+            suffix
+        } else {
+            copy_text::suffix(&constants)
+        };
         target_columns.extend(constant_columns);
-        Route::Through { source_columns, target_columns, suffix: copy_text::suffix(&constants) }
+        let format = if binary { CopyFormat::Binary } else { CopyFormat::Text };
+        Ok(Route::Through { source_columns, target_columns, format, suffix, extra })
     }
+}
+
+/// The server's major version (e.g. 15), from `server_version_num`.
+async fn major_version(client: &tokio_postgres::Client) -> anyhow::Result<i32> {
+    let row = client.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await?;
+    Ok(row.get(0))
 }
 
 fn strs(names: &[String]) -> Vec<&str> {

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod copy_binary;
 pub mod copy_text;
 pub mod cutover_state;
 pub mod digest;

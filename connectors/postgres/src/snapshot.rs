@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use crate::endpoint::Endpoint;
 use crate::error::PgResultExt;
 use crate::ident::{quote_ident, quote_table};
+use crate::load::CopyFormat;
 
 /// Begins a read-only `REPEATABLE READ` transaction on `client` at an exported snapshot.
 pub async fn import(client: &Client, snapshot: &str) -> Result<(), ConnectorError> {
@@ -53,15 +54,16 @@ impl SnapshotReader {
         range: Option<(&str, i64, i64)>,
     ) -> Result<impl Stream<Item = Result<Bytes, ConnectorError>> + Send + 'static, ConnectorError> {
         let columns: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
-        self.copy_out_columns(&schema.id, &columns, range).await
+        self.copy_out_columns(&schema.id, &columns, range, CopyFormat::Text).await
     }
 
-    /// Like `copy_out`, these columns in this order.
+    /// Like `copy_out`, these columns in this order, in `format`.
     pub async fn copy_out_columns(
         &self,
         table: &TableId,
         columns: &[&str],
         range: Option<(&str, i64, i64)>,
+        format: CopyFormat,
     ) -> Result<impl Stream<Item = Result<Bytes, ConnectorError>> + Send + 'static, ConnectorError> {
         let columns = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         // COPY takes no parameters; the bounds are integers this process computed, not user text.
@@ -69,7 +71,8 @@ impl SnapshotReader {
             Some((column, lo, hi)) => format!(" WHERE {c} >= {lo} AND {c} < {hi}", c = quote_ident(column)),
             None => String::new(),
         };
-        let sql = format!("COPY (SELECT {columns} FROM {}{filter}) TO STDOUT", quote_table(table));
+        let options = if format == CopyFormat::Binary { " (FORMAT binary)" } else { "" };
+        let sql = format!("COPY (SELECT {columns} FROM {}{filter}) TO STDOUT{options}", quote_table(table));
         let table = table.clone();
         let stream = self.client.copy_out(&sql).await.context(|| format!("cannot copy table {table}"))?;
         Ok(stream.map(move |chunk| chunk.map_err(|e| crate::error::classify(format!("copy of {table} broke"), e))))
