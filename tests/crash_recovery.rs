@@ -39,6 +39,7 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let resumed_copies = logs.iter().filter(|l| l.contains("resuming the snapshot")).count();
     let streaming = logs.iter().filter(|l| l.contains("following the change stream")).count();
     assert!(resumed_copies >= 1 && streaming >= 1, "kill points: {resumed_copies} resumed a copy, {streaming} streamed");
+    assert!(logs.iter().any(|l| l.contains("binary format")), "the copies killed and resumed were not in COPY's binary format");
     let catching_up = logs.iter().filter(|l| l.contains("catching up: each batch is readied")).count();
     assert!(catching_up >= 1, "no kill point found the process catching up with batches readied ahead");
     let written = writer.finish();

@@ -5,6 +5,8 @@
 //! - `transform`: the tenantize chain (attach_column tenant_id) over a 10,000-change batch;
 //! - `copy_text`: writing the COPY text a snapshot chunk load sends, and reading a snapshot COPY
 //!   back into rows (`RowReader`);
+//! - `pass_through`: a snapshot's COPY data passed from source to target with the tenant
+//!   appended to each row, as text and in the binary format (one server message per row);
 //! - `grouping`: the sink's pure step, grouping a shaped batch's changes into statements;
 //! - `digest`: the canonical row encoding, row hashes, chunk digests and `compare_rows`.
 //!
@@ -22,7 +24,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use switchyard::reconcile::compare_rows;
 use switchyard_core::digest::{encode_row, row_hash, ChunkDigest};
 use switchyard_core::Value;
-use switchyard_postgres::copy_text;
+use switchyard_postgres::{copy_binary, copy_text};
 use switchyard_postgres::grouping::{self, Ties};
 use switchyard_postgres::pgoutput::{decode, Message};
 
@@ -111,6 +113,53 @@ fn copy_text_bench(c: &mut Criterion) {
     group.finish();
 }
 
+fn pass_through_bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pass_through");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    let tenant = Value::text("00000000-0000-0000-0000-000000000001");
+    // The server sends one CopyData message per row; an orders row, as text and in binary.
+    let text: Vec<Vec<u8>> = (0..ROWS).map(|i| format!("{i}\t{}\t{}.50\tnew\torder {i}\n", i % 1000, i % 500).into_bytes()).collect();
+    let text_suffix = copy_text::suffix(std::slice::from_ref(&tenant));
+    let mut buffer = BytesMut::with_capacity(1024 * 1024);
+    group.bench_function("text_10k", |b| {
+        b.iter(|| {
+            buffer.clear();
+            let lines: u64 = text.iter().map(|row| copy_text::append_with_suffix(row, &text_suffix, &mut buffer)).sum();
+            black_box(lines)
+        })
+    });
+    let mut binary = vec![{
+        let mut header = BytesMut::new();
+        copy_binary::header(&mut header);
+        header.to_vec()
+    }];
+    for i in 0..ROWS as i64 {
+        let mut tuple = 5u16.to_be_bytes().to_vec();
+        let note = format!("order {i}");
+        let fields: [&[u8]; 5] = [&i.to_be_bytes(), &(i % 1000).to_be_bytes(), &[0, 2, 0, 1, 0, 0, 0, 2, 0, 55, 19, 136], b"new", note.as_bytes()];
+        for field in fields {
+            copy_binary::field(Some(field), &mut tuple);
+        }
+        binary.push(tuple);
+    }
+    binary.push((-1i16).to_be_bytes().to_vec());
+    let mut binary_suffix = Vec::new();
+    copy_binary::field(Some(&[0; 16]), &mut binary_suffix);
+    group.bench_function("binary_10k", |b| {
+        b.iter(|| {
+            buffer.clear();
+            let mut appender = copy_binary::TupleAppender::default();
+            let mut tuples = 0;
+            for message in &binary {
+                tuples += appender.push(message, &binary_suffix, 1, &mut buffer).expect("binary COPY data");
+            }
+            appender.finish().expect("whole");
+            black_box(tuples)
+        })
+    });
+    group.finish();
+}
+
 fn grouping_bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("grouping");
     group.throughput(Throughput::Elements(ROWS as u64));
@@ -171,5 +220,5 @@ fn digest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pgoutput, transform, copy_text_bench, grouping_bench, digest);
+criterion_group!(benches, pgoutput, transform, copy_text_bench, pass_through_bench, grouping_bench, digest);
 criterion_main!(benches);

@@ -273,7 +273,9 @@ impl Route {
         }
         let table = crate::registry::pg_catalog::load_table(target, &plan.target.id).await?;
         let target_type = |name: &str| table.as_ref()?.schema.columns.iter().find(|c| c.name == name);
+        // A constant that is not UTF-8 text cannot be read as the target's type: text it is.
         let binary = same_major
+            && constants.iter().all(|value| value.is_null() || value.as_str().is_some())
             && plan.origins().iter().zip(&plan.target.columns).all(|(origin, shaped)| {
                 let Some(on_target) = target_type(&shaped.name) else { return false };
                 let (oid, type_name) = match origin {
