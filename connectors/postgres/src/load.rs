@@ -68,7 +68,6 @@ impl BulkLoader {
         });
         Ok(ChunkLoad { loader: self, copy: Box::pin(copy), buffer, rows: 0, binary })
     }
-
 }
 
 /// The binary form of `text` read as `type_name` on `client`'s server (what that type's receive
