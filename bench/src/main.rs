@@ -167,6 +167,8 @@ fn main() {
     let dir = tempdir();
     let pipeline = dir.join("tenantize.toml");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/tenantize.toml"), &pipeline).unwrap();
+    // The peers' copies and the bare COPYs get the same parallelism as Switchyard's.
+    let jobs = copy_parallelism(&pipeline);
     settle(&source, &target);
     let started = Instant::now();
     let mut run = Command::new(&switchyard)
@@ -287,14 +289,14 @@ fn main() {
         run.wait().unwrap();
         Command::new(&switchyard).args(["teardown"]).arg(&plain).output().unwrap();
 
-        // pgcopydb clone, with the same parallelism as the tenantize pipeline's copy.
+        // pgcopydb clone, with the same parallelism.
         target.create_database("pgcopydb");
         let work = dir.join("pgcopydb");
-        let jobs = copy_parallelism(&pipeline).to_string();
+        let job_count = jobs.to_string();
         settle(&source, &target);
         let started = Instant::now();
         let status = Command::new("pgcopydb")
-            .args(["clone", "--table-jobs", &jobs, "--index-jobs", &jobs, "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
+            .args(["clone", "--table-jobs", &job_count, "--index-jobs", &job_count, "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
             .arg(&work)
             .args(["--source", &source.url("app"), "--target", &target.url("pgcopydb")])
             .env("PATH", format!("{}:{}", source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
@@ -349,11 +351,15 @@ fn main() {
         // parallelism (each table in as many key ranges as there are streams).
         target.create_database("raw");
         target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
-        let jobs = copy_parallelism(&pipeline);
-        let mut copies = Vec::new();
+        // The same key ranges feed the bare COPYs into the multi-tenant tables below, the tenant
+        // attached by the source query.
+        let (mut copies, mut tenanted) = (Vec::new(), Vec::new());
         for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
             for range in key_ranges(&source, table, jobs) {
-                copies.push((format!("COPY (SELECT {columns} FROM {table} WHERE {range}) TO STDOUT"), format!("COPY {table} ({columns}) FROM STDIN")));
+                let out = |tenant: &str| format!("COPY (SELECT {tenant}{columns} FROM {table} WHERE {range}) TO STDOUT");
+                copies.push((out(""), format!("COPY {table} ({columns}) FROM STDIN")));
+                let tenant = format!("'{}'::uuid, ", switchyard::demo::TENANT);
+                tenanted.push((out(&tenant), format!("COPY {table} (tenant_id, {columns}) FROM STDIN")));
             }
         }
         settle(&source, &target);
@@ -361,17 +367,9 @@ fn main() {
         bare_copies(&source, &target, "raw", &copies, jobs);
         record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
 
-        // The limit for the tenantize copy: the same bare COPYs into the multi-tenant tables,
-        // the tenant attached by the source query.
+        // The limit for the tenantize copy: the same bare COPYs into the multi-tenant tables.
         target.create_database("raw_tenants");
         target.psql("raw_tenants", &switchyard::demo::target_schema());
-        let tenanted: Vec<(String, String)> = copies
-            .iter()
-            .map(|(out, into)| {
-                let out = out.replacen("COPY (SELECT ", &format!("COPY (SELECT '{}'::uuid, ", switchyard::demo::TENANT), 1);
-                (out, into.replacen(" (", " (tenant_id, ", 1))
-            })
-            .collect();
         settle(&source, &target);
         let started = Instant::now();
         bare_copies(&source, &target, "raw_tenants", &tenanted, jobs);

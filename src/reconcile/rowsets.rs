@@ -81,16 +81,10 @@ impl Sides {
     /// has the same type on the target; None when some differ (then only the canonical hash
     /// compares them).
     pub fn native_hash_types(plan: &TablePlan, target: &TableSchema) -> Option<Vec<Option<u32>>> {
-        plan.origins()
-            .iter()
-            .zip(&plan.target.columns)
-            .map(|(origin, shaped)| match origin {
-                Origin::Constant(_) => Some(None),
-                Origin::Source(i) => {
-                    let source = &plan.source.columns[*i];
-                    let target = target.columns.iter().find(|c| c.name == shaped.name)?;
-                    (source.type_name == target.type_name).then_some(Some(source.type_oid))
-                }
+        plan.column_pairs(target)
+            .map(|(source, target)| match source {
+                None => Some(None),
+                Some(source) => (source.type_name == target?.type_name).then_some(Some(source.type_oid)),
             })
             .collect()
     }

@@ -8,7 +8,7 @@ use switchyard_core::{Position, TableId, TableSchema};
 
 use super::progress::CopyProgress;
 use super::{record_for, stopping, Pipeline, Shutdown};
-use crate::registry::{slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
+use crate::registry::{pg_catalog, slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Origin, Shaper, TablePlan};
 use futures_util::StreamExt;
 use switchyard_postgres::load::CopyFormat;
@@ -134,7 +134,7 @@ async fn copy(
     estimates: &HashMap<TableId, i64>,
 ) -> anyhow::Result<()> {
     let Pipeline { file, endpoints, store, tables, shutdown, .. } = pipeline;
-    let same_major = major_version(source).await? == major_version(target).await?;
+    let same_major = pg_catalog::major_version(source).await? == pg_catalog::major_version(target).await?;
     let mut plans = HashMap::new();
     for table in tables {
         let plan = shaper.plan(table)?;
@@ -271,42 +271,35 @@ impl Route {
                 }
             }
         }
-        let table = crate::registry::pg_catalog::load_table(target, &plan.target.id).await?;
-        let target_type = |name: &str| table.as_ref()?.schema.columns.iter().find(|c| c.name == name);
-        // A constant that is not UTF-8 text cannot be read as the target's type: text it is.
-        let binary = same_major
-            && constants.iter().all(|value| value.is_null() || value.as_str().is_some())
-            && plan.origins().iter().zip(&plan.target.columns).all(|(origin, shaped)| {
-                let Some(on_target) = target_type(&shaped.name) else { return false };
-                let (oid, type_name) = match origin {
-                    Origin::Source(i) => (plan.source.columns[*i].type_oid, plan.source.columns[*i].type_name.as_str()),
+        // The target table, when every column may travel in binary. A constant that is not
+        // UTF-8 text cannot be read as the target's type: text it is.
+        let binary = pg_catalog::load_table(target, &plan.target.id).await?.map(|info| info.schema).filter(|on_target| {
+            same_major
+                && constants.iter().all(|value| value.is_null() || value.as_str().is_some())
+                && plan.column_pairs(on_target).all(|(source, target)| {
+                    let Some(target) = target else { return false };
                     // A constant is read as the target's type, so only that type must be safe.
-                    Origin::Constant(_) => (on_target.type_oid, on_target.type_name.as_str()),
-                };
-                copy_binary::binary_safe(oid, type_name, on_target.type_oid, &on_target.type_name)
-            });
+                    let source = source.unwrap_or(target);
+                    copy_binary::binary_safe(source.type_oid, &source.type_name, target.type_oid, &target.type_name)
+                })
+        });
         let extra = constants.len() as u16;
-        let suffix = if binary {
-            let mut suffix = Vec::new();
-            for (name, value) in constant_columns.iter().zip(&constants) {
-                let type_name = &target_type(name).expect("checked above").type_name;
-                let bytes = switchyard_postgres::load::binary_value(target, value.as_str(), type_name).await?;
-                copy_binary::field(bytes.as_deref(), &mut suffix);
+        let suffix = match &binary {
+            Some(on_target) => {
+                let mut suffix = Vec::new();
+                for (name, value) in constant_columns.iter().zip(&constants) {
+                    let column = on_target.columns.iter().find(|c| &c.name == name).expect("checked above");
+                    let bytes = switchyard_postgres::load::binary_value(target, value.as_str(), &column.type_name).await?;
+                    copy_binary::field(bytes.as_deref(), &mut suffix);
+                }
+                suffix
             }
-            suffix
-        } else {
-            copy_text::suffix(&constants)
+            None => copy_text::suffix(&constants),
         };
         target_columns.extend(constant_columns);
-        let format = if binary { CopyFormat::Binary } else { CopyFormat::Text };
+        let format = if binary.is_some() { CopyFormat::Binary } else { CopyFormat::Text };
         Ok(Route::Through { source_columns, target_columns, format, suffix, extra })
     }
-}
-
-/// The server's major version (e.g. 15), from `server_version_num`.
-async fn major_version(client: &tokio_postgres::Client) -> anyhow::Result<i32> {
-    let row = client.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await?;
-    Ok(row.get(0))
 }
 
 fn strs(names: &[String]) -> Vec<&str> {

@@ -97,6 +97,18 @@ impl TablePlan {
         &self.filters
     }
 
+    /// Per shaped column, the source column it carries (`None` for a constant) and the column
+    /// of the same name in `target` (`None` if it has none): what type checks compare.
+    pub fn column_pairs<'a>(&'a self, target: &'a TableSchema) -> impl Iterator<Item = (Option<&'a Column>, Option<&'a Column>)> + 'a {
+        self.origins.iter().zip(&self.target.columns).map(move |(origin, shaped)| {
+            let source = match origin {
+                Origin::Source(i) => Some(&self.source.columns[*i]),
+                Origin::Constant(_) => None,
+            };
+            (source, target.columns.iter().find(|c| c.name == shaped.name))
+        })
+    }
+
     /// The constant columns and their values: on a shared target, they pick this pipeline's rows.
     pub fn constants(&self) -> &[(String, Value)] {
         &self.constants

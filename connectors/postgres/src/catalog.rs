@@ -27,6 +27,15 @@ impl TableInfo {
     }
 }
 
+/// The server's major version (e.g. 15), from `server_version_num`.
+pub async fn major_version(client: &Client) -> Result<i32, ConnectorError> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int / 10000", &[])
+        .await
+        .context(|| "cannot read the server version".into())?;
+    Ok(row.get(0))
+}
+
 /// Reads one table, or `None` if it does not exist (or is not a table).
 pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<TableInfo>, ConnectorError> {
     let Some(row) = client

@@ -302,8 +302,8 @@ impl PgDigest {
         if let Some(version) = self.major_version.get() {
             return Ok(*version);
         }
-        let row = self.client.query_one("SELECT current_setting('server_version_num')::int / 10000", &[]).await.context(|| "cannot read the server version".into())?;
-        Ok(*self.major_version.get_or_init(|| row.get(0)))
+        let version = crate::catalog::major_version(&self.client).await?;
+        Ok(*self.major_version.get_or_init(|| version))
     }
 
     /// How the native digest hashes a column of each of these types (by OID): the extended hash
