@@ -43,7 +43,8 @@ enum Command {
     /// Creates the publication and replication slot it needs (named switchyard_<pipeline>
     /// unless source.slot / source.publication say otherwise). Tables are copied in parallel
     /// with COPY, large tables in key-range chunks, each chunk committed with its progress
-    /// record; then the stream is applied in batches of whole source transactions, each batch
+    /// record; indexes of target tables that were empty are built after the copy (see
+    /// [snapshot] defer_indexes); then the stream is applied in batches of whole source transactions, each batch
     /// committed together with the checkpoint. Ctrl-C (SIGINT) or SIGTERM finishes the batch in
     /// hand and exits 0; running again resumes from the checkpoint.
     ///
@@ -130,7 +131,7 @@ enum Command {
     /// Drop the pipeline's replication slot and publication (refused while it runs).
     ///
     /// The slot holds WAL on the source for as long as it exists, so tear down pipelines you
-    /// no longer run.
+    /// no longer run. Target indexes that a stopped copy set aside are built again first.
     Teardown {
         pipeline: PathBuf,
         /// Also forget the pipeline's checkpoint on the target (and drop the checkpoint schema

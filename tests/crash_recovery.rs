@@ -10,6 +10,9 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let pair = Pair::start();
     seed_schemas(&pair);
     load_rows(&pair, 20_000, 10);
+    let indexes = "SELECT string_agg(pg_get_indexdef(indexrelid), E'\\n' ORDER BY indexrelid::regclass::text) FROM pg_index \
+                   WHERE indrelid IN ('users'::regclass, 'orders'::regclass)";
+    let target_indexes = pair.target.psql("app", indexes);
     // Small batches: the backlog made while the process is down is many batches long, so kills
     // also land while one batch is readied as the one before it is applied.
     let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[apply]\nmax_batch_changes = 40\n"));
@@ -40,6 +43,7 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let streaming = logs.iter().filter(|l| l.contains("following the change stream")).count();
     assert!(resumed_copies >= 1 && streaming >= 1, "kill points: {resumed_copies} resumed a copy, {streaming} streamed");
     assert!(logs.iter().any(|l| l.contains("binary format")), "the copies killed and resumed were not in COPY's binary format");
+    assert!(logs.iter().any(|l| l.contains("to build after the copy: orders_pkey")), "the copy killed and resumed did not set aside the primary key of orders");
     let catching_up = logs.iter().filter(|l| l.contains("catching up: each batch is readied")).count();
     assert!(catching_up >= 1, "no kill point found the process catching up with batches readied ahead");
     let written = writer.finish();
@@ -47,6 +51,7 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_tenantize", &mut process);
     assert_tenantized_equal(&pair);
+    assert_eq!(pair.target.psql("app", indexes), target_indexes, "the indexes set aside for the copy are not all back");
     let chunks = pair.target.psql("app", "SELECT count(*) FILTER (WHERE copied_at IS NULL), count(*) FROM switchyard.snapshot_chunks");
     assert!(chunks.starts_with("0|"), "snapshot chunks not all done: {chunks}");
 }

@@ -7,6 +7,7 @@ mod config_errors;
 mod consistency;
 mod crash_recovery;
 mod cutover;
+mod deferred_indexes;
 mod large;
 mod schema_changes;
 mod security;

@@ -64,8 +64,7 @@ impl Stream<'_> {
             .arg(&self.pipeline)
             .env("SOURCE_URL", self.source.url("app"))
             .env("TARGET_URL", &self.target_url)
-            // BENCH_SWITCHYARD_LOG=debug shows where a lag spike went ("slow batch").
-            .env("SWITCHYARD_LOG", std::env::var("BENCH_SWITCHYARD_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("SWITCHYARD_LOG", crate::pipeline_log())
             .stdout(Stdio::null())
             .spawn()
             .unwrap()

@@ -263,9 +263,15 @@ pub async fn teardown(path: &Path, drop_checkpoint: bool) -> anyhow::Result<Exit
         println!("dropped replication slot {} on the shadow", back.slot_name());
     }
     slot::drop_publication(&shadow, &back.publication_name()).await?;
+    let store = registry::checkpoint_store(&file);
+    if store.exists(&shadow).await? {
+        // Indexes a stopped copy set aside go back to the target tables: with the slot gone,
+        // no run of this pipeline would build them.
+        store.ensure(&shadow).await?;
+        crate::runtime::rebuild_deferred_indexes(&endpoints.target, &store, file.snapshot.parallel).await?;
+    }
     if drop_checkpoint {
-        let target = endpoints.target.connect().await?;
-        let store = registry::checkpoint_store(&file);
+        let target = shadow;
         if store.exists(&target).await? {
             store.remove(&target).await?;
             let others = target

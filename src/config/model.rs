@@ -111,11 +111,15 @@ pub struct SnapshotSection {
     pub parallel: usize,
     /// Rows per chunk of a table with an integer key; a chunk is the unit a resumed copy restarts.
     pub chunk_rows: u64,
+    /// Build the target's secondary structures after the copy instead of row by row during it:
+    /// indexes (and the primary key and unique constraints they back) of target tables that are
+    /// empty when the copy begins, where nothing else depends on them.
+    pub defer_indexes: bool,
 }
 
 impl Default for SnapshotSection {
     fn default() -> Self {
-        SnapshotSection { parallel: 2, chunk_rows: 100_000 }
+        SnapshotSection { parallel: 2, chunk_rows: 100_000, defer_indexes: true }
     }
 }
 

@@ -21,7 +21,7 @@ mod seam;
 mod snapshot;
 mod stream;
 
-pub use snapshot::plan_chunks;
+pub use snapshot::{plan_chunks, rebuild_deferred_indexes};
 
 use std::sync::Arc;
 
@@ -81,6 +81,8 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touche
         tracing::info!("stopped during the snapshot; `switchyard run` resumes it");
         return Ok(());
     }
+    // Before the stream: applied changes find rows by their keys.
+    rebuild_deferred_indexes(&pipeline.endpoints.target, store, file.snapshot.parallel).await?;
     if record.phase != PHASE_STREAMING {
         store.set_phase(&target, PHASE_STREAMING).await?;
     }

@@ -2,15 +2,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use switchyard_core::{Position, TableId, TableSchema};
 
 use super::progress::CopyProgress;
 use super::{record_for, stopping, Pipeline, Shutdown};
-use crate::registry::{pg_catalog, slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
+use crate::registry::{deferred_indexes, pg_catalog, slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Origin, Shaper, TablePlan};
 use futures_util::StreamExt;
+use switchyard_postgres::ident::quote_table;
 use switchyard_postgres::load::CopyFormat;
 use switchyard_postgres::{copy_binary, copy_text};
 
@@ -46,6 +48,9 @@ pub(super) async fn initial(
     drop(reader);
     let record = record_for(file, &at);
     store.create(target, &record, &chunks).await?;
+    if file.snapshot.defer_indexes {
+        defer_indexes(target, store, tables, shaper).await?;
+    }
     copy(pipeline, (source, &*target), shaper, &exported.name, &at, chunks, &estimates).await?;
     Ok(record)
 }
@@ -82,6 +87,67 @@ pub(super) async fn resume(
     }
     copy(pipeline, (source, target), shaper, &exported.name, &at, remaining, &estimates).await?;
     Ok(record)
+}
+
+/// Sets aside the indexes of the empty target tables, to be built once they are filled.
+async fn defer_indexes(
+    target: &mut tokio_postgres::Client,
+    store: &CheckpointStore,
+    tables: &[Arc<TableSchema>],
+    shaper: &mut Shaper,
+) -> anyhow::Result<()> {
+    let mut targets = Vec::new();
+    for table in tables {
+        let id = shaper.plan(table)?.target.id.clone();
+        if !targets.contains(&id) {
+            targets.push(id);
+        }
+    }
+    for table in &targets {
+        let names = deferred_indexes::defer(target, store, table).await?;
+        if !names.is_empty() {
+            tracing::info!(table = %table, "set aside {} to build after the copy: {}", plural(names.len(), "index", "indexes"), names.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// Builds the indexes a copy set aside (this pipeline's, recorded in the checkpoint schema),
+/// `parallel` at a time, largest table first. Each is built and forgotten in one transaction,
+/// so a stop leaves the rest for the next call.
+pub async fn rebuild_deferred_indexes(target: &Endpoint, store: &CheckpointStore, parallel: usize) -> anyhow::Result<()> {
+    let client = target.connect().await?;
+    let mut pending = Vec::new();
+    for index in deferred_indexes::pending(&client, store).await? {
+        let size: i64 = client
+            .query_one("SELECT coalesce(pg_relation_size(to_regclass($1)), 0)", &[&quote_table(&index.table)])
+            .await?
+            .get(0);
+        pending.push((size, index));
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    pending.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+    let names: Vec<String> = pending.iter().map(|(_, i)| format!("{} of {}", i.name, i.table)).collect();
+    tracing::info!("building {} set aside for the copy: {}", plural(names.len(), "index", "indexes"), names.join(", "));
+    let started = Instant::now();
+    let workers = parallel.clamp(1, pending.len());
+    let queue = Mutex::new(pending.into_iter().map(|(_, i)| i).collect::<VecDeque<_>>());
+    let build = || async {
+        let mut client = target.connect().await?;
+        loop {
+            let Some(index) = queue.lock().expect("queue lock").pop_front() else { return anyhow::Ok(()) };
+            deferred_indexes::rebuild(&mut client, store, &index).await?;
+        }
+    };
+    futures_util::future::try_join_all((0..workers).map(|_| build())).await?;
+    tracing::info!(seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "indexes built");
+    Ok(())
 }
 
 /// Splits tables with an integer first key column into key ranges of about `chunk_rows` rows;

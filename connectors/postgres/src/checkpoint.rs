@@ -78,8 +78,8 @@ impl CheckpointStore {
         // DDL when the newest piece of the schema is there already.
         let current: bool = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'handled_seq')",
-                &[&self.table("cutovers")],
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&self.table("deferred_indexes")],
             )
             .await
             .context(|| "cannot look for the checkpoint schema".into())?
@@ -142,13 +142,22 @@ impl CheckpointStore {
                  report text NOT NULL DEFAULT '{{}}',
                  request_seq bigint NOT NULL DEFAULT 0,
                  handled_seq bigint NOT NULL DEFAULT 0,
-                 updated_at timestamptz NOT NULL DEFAULT now());",
+                 updated_at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS {deferred_indexes} (
+                 pipeline text NOT NULL,
+                 table_schema text NOT NULL,
+                 table_name text NOT NULL,
+                 index_name text NOT NULL,
+                 rebuild text NOT NULL,
+                 deferred_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, table_schema, index_name));",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
             repairs = self.table("repairs"),
             verification = self.table("verification"),
             cutovers = self.table("cutovers"),
+            deferred_indexes = self.table("deferred_indexes"),
         );
         client.batch_execute(&sql).await.context(|| {
             format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)

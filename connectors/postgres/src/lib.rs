@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod copy_binary;
 pub mod copy_text;
 pub mod cutover_state;
+pub mod deferred_indexes;
 pub mod digest;
 pub mod endpoint;
 pub mod error;
