@@ -144,3 +144,37 @@ fn rows_breaking_an_index_set_aside_are_named_and_the_next_run_builds_it() {
     pair.wait_caught_up("switchyard_breaking", &mut process);
     assert_eq!(definitions(&pair.target), shapes);
 }
+
+/// A target table another session holds a lock on is not waited for beyond a moment: it is
+/// copied into with its indexes as they are, and the other tables' are still set aside.
+#[test]
+fn a_table_in_use_keeps_its_indexes_and_the_copy_goes_on() {
+    let pair = Pair::start();
+    pair.source.psql("app", SOURCE);
+    pair.target.psql("app", TARGET);
+    pair.source.psql("app", "INSERT INTO items SELECT g, 'code-' || g, 1, 'n' FROM generate_series(1, 2000) g;
+                             INSERT INTO parts SELECT g, g, 'p' FROM generate_series(1, 2000) g;");
+    let oids = index_oids(&pair.target);
+    let reader = std::thread::spawn({
+        let target = pair.target.url("app");
+        let psql = pair.target.bin("psql");
+        move || {
+            std::process::Command::new(psql)
+                .args(["-X", "-q", "-d", &target, "-c", "BEGIN; LOCK TABLE items IN ACCESS SHARE MODE; SELECT pg_sleep(3); COMMIT;"])
+                .output()
+                .unwrap()
+        }
+    });
+    while pair.target.psql("app", "SELECT count(*) FROM pg_locks WHERE relation = 'items'::regclass AND mode = 'AccessShareLock' AND granted") == "0" {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pipeline = pair.pipeline("in_use", PIPELINE);
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_in_use", &mut process);
+    assert!(reader.join().unwrap().status.success());
+    let log = process.log();
+    assert!(log.contains("target table is in use: copying into it as it is"), "log:\n{log}");
+    assert_eq!(rebuilt(&oids, &index_oids(&pair.target)), ["Parts Label", "parts_pkey"], "only the free table's indexes were set aside");
+    let query = "SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM (SELECT id, code FROM items) t";
+    assert_same_rows("items", &pair.source.psql("app", query), &pair.target.psql("app", query));
+}

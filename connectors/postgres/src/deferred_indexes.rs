@@ -18,8 +18,9 @@ use crate::checkpoint::CheckpointStore;
 use crate::error::PgResultExt;
 use crate::ident::{quote_ident, quote_table};
 
-/// How long deferring waits for the table's lock before copying with its indexes in place.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long deferring waits for the table's lock. Short: while it waits, it also holds up
+/// whoever else queues for the table (another pipeline's chunks, in a merge).
+const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// One index, or the primary key or unique constraint it backs, waiting to be built again.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,7 +61,7 @@ pub async fn defer(client: &mut Client, store: &CheckpointStore, table: &TableId
         .context(|| "cannot set a lock timeout".into())?;
     match txn.batch_execute(&format!("LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE")).await {
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-            tracing::info!(table = %table, "target table is in use: copying into it with its indexes in place");
+            tracing::info!(table = %table, "target table is in use: copying into it as it is");
             return Ok(Vec::new());
         }
         other => other.context(|| format!("cannot lock target table {table}"))?,
