@@ -26,6 +26,13 @@ const TARGET: &str = r#"CREATE TABLE items (id bigint, code text, qty int, note 
 
 const PIPELINE: &str = "tables = ['public.items', 'public.parts', 'public.kept']\n[target]\ntype = \"postgres\"\nurl = \"TARGET_URL\"\n";
 
+fn with_schemas() -> Pair {
+    let pair = Pair::start();
+    pair.source.psql("app", SOURCE);
+    pair.target.psql("app", TARGET);
+    pair
+}
+
 /// The target's indexes and constraints as the server renders them, with comments.
 fn definitions(target: &PgCluster) -> String {
     target.psql(
@@ -53,9 +60,7 @@ fn rebuilt(before: &std::collections::BTreeMap<String, String>, after: &std::col
 
 #[test]
 fn indexes_set_aside_for_the_copy_come_back_as_they_were() {
-    let pair = Pair::start();
-    pair.source.psql("app", SOURCE);
-    pair.target.psql("app", TARGET);
+    let pair = with_schemas();
     pair.source.psql(
         "app",
         "INSERT INTO items SELECT g, 'code-' || g, g % 7 - 2, CASE WHEN g % 5 = 0 THEN NULL ELSE 'Note ' || g END FROM generate_series(1, 20000) g;
@@ -95,9 +100,7 @@ fn indexes_set_aside_for_the_copy_come_back_as_they_were() {
 /// forgets the pipeline, since no run of it could (its slot is gone).
 #[test]
 fn teardown_after_a_killed_copy_builds_the_indexes_set_aside() {
-    let pair = Pair::start();
-    pair.source.psql("app", SOURCE);
-    pair.target.psql("app", TARGET);
+    let pair = with_schemas();
     pair.source.psql("app", "INSERT INTO items SELECT g, 'code-' || g, 1, 'n' FROM generate_series(1, 300000) g;");
     let shapes = definitions(&pair.target);
     // Small chunks one at a time: the copy takes long enough to be killed in.
@@ -125,9 +128,7 @@ fn teardown_after_a_killed_copy_builds_the_indexes_set_aside() {
 /// on the target, the next run builds it and streams.
 #[test]
 fn rows_breaking_an_index_set_aside_are_named_and_the_next_run_builds_it() {
-    let pair = Pair::start();
-    pair.source.psql("app", SOURCE);
-    pair.target.psql("app", TARGET);
+    let pair = with_schemas();
     pair.source.psql("app", "INSERT INTO items SELECT g, CASE WHEN g = 900 THEN 'code-1' ELSE 'code-' || g END, 1, 'n' FROM generate_series(1, 3000) g;");
     let shapes = definitions(&pair.target);
     let pipeline = pair.pipeline("breaking", PIPELINE);
@@ -149,9 +150,7 @@ fn rows_breaking_an_index_set_aside_are_named_and_the_next_run_builds_it() {
 /// copied into with its indexes as they are, and the other tables' are still set aside.
 #[test]
 fn a_table_in_use_keeps_its_indexes_and_the_copy_goes_on() {
-    let pair = Pair::start();
-    pair.source.psql("app", SOURCE);
-    pair.target.psql("app", TARGET);
+    let pair = with_schemas();
     pair.source.psql("app", "INSERT INTO items SELECT g, 'code-' || g, 1, 'n' FROM generate_series(1, 2000) g;
                              INSERT INTO parts SELECT g, g, 'p' FROM generate_series(1, 2000) g;");
     let oids = index_oids(&pair.target);
