@@ -113,6 +113,8 @@ fn teardown_after_a_killed_copy_builds_the_indexes_set_aside() {
         "t|t",
         "the kill did not land while the indexes were set aside"
     );
+    let (_, shown) = switchyard(&["status"], &pipeline);
+    assert!(shown.contains("indexes    set aside for the copy") && shown.contains("items_code_key of public.items"), "status:\n{shown}");
     // The killed process's walsender goes when the server notices the closed connection.
     while pair.source.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE active") != "0" {
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -19,6 +19,8 @@ pub struct Status {
     slot_active: Option<bool>,
     slot_retained_wal_bytes: Option<i64>,
     tables: Vec<TableCopy>,
+    /// Target indexes the copy set aside and has not built again yet ("name of table").
+    indexes_set_aside: Vec<String>,
     verification: Option<switchyard_postgres::checkpoint::VerificationRecord>,
     last_error: Option<String>,
     /// Where cutover stands: which side is live, what is in progress, how the last one ended.
@@ -119,6 +121,9 @@ pub async fn gather(file: &crate::config::PipelineFile) -> anyhow::Result<Status
                 }
             }
             status.tables = tables;
+            // A checkpoint schema older than deferred indexes has none to show.
+            let pending = registry::deferred_indexes::pending(&target, &store).await.unwrap_or_default();
+            status.indexes_set_aside = pending.iter().map(|i| format!("{} of {}", i.name, i.table)).collect();
             status.verification = store.load_verification(&target).await.ok().flatten();
         }
         if !file.reversed {
@@ -155,6 +160,9 @@ fn print(status: &Status) -> anyhow::Result<ExitCode> {
     }
     for table in &status.tables {
         println!("copy       {:<30} {}/{} chunks, {} rows", table.table, table.chunks_done, table.chunks, table.rows_copied);
+    }
+    if !status.indexes_set_aside.is_empty() {
+        println!("indexes    set aside for the copy, built before the stream starts: {}", status.indexes_set_aside.join(", "));
     }
     match &status.verification {
         Some(v) => {
