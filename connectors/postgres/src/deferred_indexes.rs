@@ -52,7 +52,7 @@ SELECT i.relname::text, pg_get_indexdef(x.indexrelid), c.conname::text, c.contyp
 
 /// Sets aside the deferrable indexes of `table` if it is empty, recording each for this
 /// pipeline; returns their names (none when the table holds rows, e.g. another tenant's in a
-/// merge, or when its lock is not free within a few seconds).
+/// merge, or when its lock is not free within a second).
 pub async fn defer(client: &mut Client, store: &CheckpointStore, table: &TableId) -> Result<Vec<String>, ConnectorError> {
     let quoted = quote_table(table);
     let txn = client.transaction().await.context(|| "cannot begin deferring indexes".into())?;
