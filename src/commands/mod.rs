@@ -264,28 +264,23 @@ pub async fn teardown(path: &Path, drop_checkpoint: bool) -> anyhow::Result<Exit
     }
     slot::drop_publication(&shadow, &back.publication_name()).await?;
     let store = registry::checkpoint_store(&file);
-    if store.exists(&shadow).await? {
+    let has_checkpoint = store.exists(&shadow).await?;
+    if has_checkpoint {
         // Indexes a stopped copy set aside go back to the target tables: with the slot gone,
         // no run of this pipeline would build them.
         store.ensure(&shadow).await?;
         crate::runtime::rebuild_deferred_indexes(&endpoints.target, &store, file.snapshot.parallel).await?;
     }
-    if drop_checkpoint {
-        let target = shadow;
-        if store.exists(&target).await? {
-            store.remove(&target).await?;
-            let others = target
-                .query_one(
-                    &format!("SELECT count(*) FROM {}.pipelines", switchyard_postgres::ident::quote_ident(store.schema())),
-                    &[],
-                )
-                .await?;
-            if others.get::<_, i64>(0) == 0 {
-                store.drop_schema(&target).await?;
-                println!("dropped checkpoint schema {}", store.schema());
-            } else {
-                println!("removed the checkpoint of {}", file.pipeline.name);
-            }
+    if drop_checkpoint && has_checkpoint {
+        store.remove(&shadow).await?;
+        let others = shadow
+            .query_one(&format!("SELECT count(*) FROM {}.pipelines", switchyard_postgres::ident::quote_ident(store.schema())), &[])
+            .await?;
+        if others.get::<_, i64>(0) == 0 {
+            store.drop_schema(&shadow).await?;
+            println!("dropped checkpoint schema {}", store.schema());
+        } else {
+            println!("removed the checkpoint of {}", file.pipeline.name);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -12,7 +12,6 @@ use super::{record_for, stopping, Pipeline, Shutdown};
 use crate::registry::{deferred_indexes, pg_catalog, slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Origin, Shaper, TablePlan};
 use futures_util::StreamExt;
-use switchyard_postgres::ident::quote_table;
 use switchyard_postgres::load::CopyFormat;
 use switchyard_postgres::{copy_binary, copy_text};
 
@@ -120,24 +119,15 @@ fn plural(count: usize, one: &str, many: &str) -> String {
 /// `parallel` at a time, largest table first. Each is built and forgotten in one transaction,
 /// so a stop leaves the rest for the next call.
 pub async fn rebuild_deferred_indexes(target: &Endpoint, store: &CheckpointStore, parallel: usize) -> anyhow::Result<()> {
-    let client = target.connect().await?;
-    let mut pending = Vec::new();
-    for index in deferred_indexes::pending(&client, store).await? {
-        let size: i64 = client
-            .query_one("SELECT coalesce(pg_relation_size(to_regclass($1)), 0)", &[&quote_table(&index.table)])
-            .await?
-            .get(0);
-        pending.push((size, index));
-    }
+    let pending = deferred_indexes::pending(&target.connect().await?, store).await?;
     if pending.is_empty() {
         return Ok(());
     }
-    pending.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
-    let names: Vec<String> = pending.iter().map(|(_, i)| format!("{} of {}", i.name, i.table)).collect();
+    let names: Vec<String> = pending.iter().map(|i| format!("{} of {}", i.name, i.table)).collect();
     tracing::info!("building {} set aside for the copy: {}", plural(names.len(), "index", "indexes"), names.join(", "));
     let started = Instant::now();
     let workers = parallel.clamp(1, pending.len());
-    let queue = Mutex::new(pending.into_iter().map(|(_, i)| i).collect::<VecDeque<_>>());
+    let queue = Mutex::new(VecDeque::from(pending));
     let build = || async {
         let mut client = target.connect().await?;
         loop {

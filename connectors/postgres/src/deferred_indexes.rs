@@ -113,10 +113,16 @@ pub async fn defer(client: &mut Client, store: &CheckpointStore, table: &TableId
     Ok(names)
 }
 
-/// This pipeline's indexes still to be built.
+/// This pipeline's indexes still to be built, those of the largest tables first (so builds in
+/// parallel end together).
 pub async fn pending(client: &impl GenericClient, store: &CheckpointStore) -> Result<Vec<DeferredIndex>, ConnectorError> {
     let sql = format!(
-        "SELECT table_schema, table_name, index_name, rebuild FROM {} WHERE pipeline = $1 ORDER BY table_schema, table_name, index_name",
+        "SELECT d.table_schema, d.table_name, d.index_name, d.rebuild
+           FROM {} d
+           LEFT JOIN pg_namespace n ON n.nspname = d.table_schema
+           LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.table_name
+          WHERE d.pipeline = $1
+          ORDER BY pg_relation_size(c.oid) DESC NULLS LAST, d.table_schema, d.table_name, d.index_name",
         store.table("deferred_indexes")
     );
     let rows = client.query(&sql, &[&store.pipeline()]).await.context(|| "cannot read the deferred indexes".into())?;
