@@ -9,6 +9,7 @@ mod crash_recovery;
 mod cutover;
 mod deferred_indexes;
 mod large;
+mod parallel_apply;
 mod schema_changes;
 mod security;
 mod streaming;

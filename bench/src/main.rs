@@ -8,7 +8,8 @@
 //! (against pgcopydb compare data's checksum query); the catch-up on a backlog (against native logical replication, with pg_recvlogical as the
 //! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
 //!
-//! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60), `--rates 1000,2000`;
+//! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60; 0 leaves lag out), `--rates 1000,2000`,
+//! `--lanes N` (2; the catch-up again with `[apply] parallel = N` on a second backlog, 1: not);
 //! `--skip-peers` leaves out the snapshot peers that the stream figures do not need (for quick
 //! iterations; a full run is what counts), `--skip-stream` the catch-up and lag figures.
 
@@ -122,6 +123,7 @@ fn main() {
         .split(',')
         .map(|r| r.trim().parse().expect("--rates takes numbers, e.g. 1000,2000"))
         .collect();
+    let lanes: usize = arg("--lanes").map(|s| s.parse().expect("--lanes takes a whole number")).unwrap_or(2);
     let skip_peers = std::env::args().any(|a| a == "--skip-peers");
     let skip_stream = std::env::args().any(|a| a == "--skip-stream");
     let switchyard = release_binary();
@@ -442,7 +444,10 @@ fn main() {
     };
     if !skip_stream {
         stream.catch_up(&mut figures, scale * 100_000);
-        for rate in &rates {
+        if lanes > 1 {
+            stream.catch_up_lanes(&mut figures, scale * 100_000, lanes);
+        }
+        for rate in rates.iter().filter(|_| lag_seconds > 0) {
             stream.lag(&mut figures, *rate, lag_seconds);
         }
     }

@@ -59,9 +59,13 @@ pub struct Stream<'a> {
 
 impl Stream<'_> {
     fn start_switchyard(&self) -> Child {
+        self.start_switchyard_with(&self.pipeline)
+    }
+
+    fn start_switchyard_with(&self, pipeline: &Path) -> Child {
         Command::new(self.switchyard)
             .args(["run"])
-            .arg(&self.pipeline)
+            .arg(pipeline)
             .env("SOURCE_URL", self.source.url("app"))
             .env("TARGET_URL", &self.target_url)
             .env("SWITCHYARD_LOG", crate::pipeline_log())
@@ -110,16 +114,22 @@ impl Stream<'_> {
         (seconds, peak)
     }
 
+    /// Makes a backlog of `transactions` in the mix while every consumer is stopped; returns
+    /// its row changes and the source position after it.
+    fn backlog(&self, transactions: u64) -> (f64, String) {
+        let before = changes_so_far(self.source);
+        eprintln!("making a backlog of {transactions} transactions ...");
+        let per_client = (transactions / 4).to_string();
+        assert!(self.pgbench(&["-c", "4", "-j", "2", "-t", &per_client]).status().unwrap().success(), "pgbench failed");
+        let changes = (changes_so_far(self.source) - before) as f64;
+        (changes, self.source.psql("app", "SELECT pg_current_wal_insert_lsn()"))
+    }
+
     /// A backlog made while every consumer is stopped, then each consumer alone on it.
     pub fn catch_up(&self, figures: &mut Vec<Figure>, transactions: u64) {
         let source = self.source;
         source.psql("app", "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')");
-        let before = changes_so_far(source);
-        eprintln!("making a backlog of {transactions} transactions ...");
-        let per_client = (transactions / 4).to_string();
-        assert!(self.pgbench(&["-c", "4", "-j", "2", "-t", &per_client]).status().unwrap().success(), "pgbench failed");
-        let changes = (changes_so_far(source) - before) as f64;
-        let goal = source.psql("app", "SELECT pg_current_wal_insert_lsn()");
+        let (changes, goal) = self.backlog(transactions);
         println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
 
         let (started, busy) = (Instant::now(), machine_busy_seconds());
@@ -147,6 +157,33 @@ impl Stream<'_> {
         let (seconds, _) = self.time_until("bench_native", &goal, started, None);
         self.print_catch_up_cpu("native", seconds, busy, None);
         self.record(figures, "catch_up", "native", changes / seconds, "changes/s", seconds);
+    }
+
+    /// Parallel apply (`[apply] parallel = lanes`) on a second backlog like the first, then
+    /// native on the same backlog: figure `catch_up_lanes`.
+    pub fn catch_up_lanes(&self, figures: &mut Vec<Figure>, transactions: u64, lanes: usize) {
+        self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
+        let (changes, goal) = self.backlog(transactions);
+        println!("figure=catch_up_lanes lanes={lanes} backlog_changes={changes} backlog_transactions={transactions}");
+        let pipeline = self.dir.join("lanes.toml");
+        let text = std::fs::read_to_string(&self.pipeline).unwrap();
+        assert!(text.contains("[apply]\n"), "the pipeline has no [apply] section");
+        std::fs::write(&pipeline, text.replace("[apply]\n", &format!("[apply]\nparallel = {lanes}\n"))).unwrap();
+
+        let (started, busy) = (Instant::now(), machine_busy_seconds());
+        let mut run = self.start_switchyard_with(&pipeline);
+        let (seconds, peak) = self.time_until("switchyard_tenantize", &goal, started, Some(&mut run));
+        self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
+        unsafe { kill(run.id() as i32, 15) };
+        run.wait().unwrap();
+        self.record(figures, "catch_up_lanes", "switchyard", changes / seconds, "changes/s", seconds);
+        figures.push(Figure { figure: "peak_rss_catch_up_lanes".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
+
+        let (started, busy) = (Instant::now(), machine_busy_seconds());
+        self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
+        let (seconds, _) = self.time_until("bench_native", &goal, started, None);
+        self.print_catch_up_cpu("native", seconds, busy, None);
+        self.record(figures, "catch_up_lanes", "native", changes / seconds, "changes/s", seconds);
     }
 
     /// pgbench at `rate` tx/s for `seconds`, once per tool with the other paused (each first

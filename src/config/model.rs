@@ -133,11 +133,16 @@ pub struct ApplySection {
     /// the target's foreign key checks and ordinary triggers do not fire for applied changes
     /// (the source checked them; `verify` counts orphans). False keeps them firing.
     pub as_replica: bool,
+    /// Target connections a batch's row changes are spread over, by a hash of each row's key.
+    /// One (the default) applies each batch in one target transaction; more lets a reader of
+    /// the target see part of a source transaction while a batch commits (see
+    /// `docs/parallel-apply.md`). Needs `as_replica`.
+    pub parallel: usize,
 }
 
 impl Default for ApplySection {
     fn default() -> Self {
-        ApplySection { max_batch_changes: 20_000, as_replica: true }
+        ApplySection { max_batch_changes: 20_000, as_replica: true, parallel: 1 }
     }
 }
 

@@ -152,6 +152,19 @@ mod tests {
     }
 
     #[test]
+    fn parallel_apply_needs_replica_mode_and_a_sane_count() {
+        let message = |apply: &str| {
+            let problems = parse_str(&format!("{GOOD}\n[apply]\n{apply}\n"), &env).unwrap_err().0;
+            problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+        };
+        assert!(message("parallel = 4\nas_replica = false").contains("apply.parallel: needs apply.as_replica = true"));
+        assert!(message("parallel = 0").contains("apply.parallel: must be between 1 and 16"));
+        assert!(message("parallel = 17").contains("apply.parallel: must be between 1 and 16"));
+        assert_eq!(parse_str(&format!("{GOOD}\n[apply]\nparallel = 4\n"), &env).unwrap().apply.parallel, 4);
+        assert_eq!(parse_str(GOOD, &env).unwrap().apply.parallel, 1);
+    }
+
+    #[test]
     fn expands_references() {
         assert_eq!(expand_text("a${SOURCE_URL}b$$c", &env).unwrap(), "apostgres://a@h/sb$c");
         assert_eq!(expand_text("${X:-dflt}", &env).unwrap(), "dflt");

@@ -66,12 +66,23 @@ pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     if file.apply.max_batch_changes == 0 {
         problems.push(Problem::new("apply.max_batch_changes", "must be at least 1"));
     }
+    if !(1..=MAX_APPLY_LANES).contains(&file.apply.parallel) {
+        problems.push(Problem::new("apply.parallel", format!("must be between 1 and {MAX_APPLY_LANES} target connections")));
+    } else if file.apply.parallel > 1 && !file.apply.as_replica {
+        problems.push(Problem::new(
+            "apply.parallel",
+            "needs apply.as_replica = true: lanes commit apart, so a foreign key checked between them would fail; set as_replica = true or parallel = 1",
+        ));
+    }
     validate_cutover(&file.cutover, &mut problems);
     for (index, transform) in file.transforms.iter().enumerate() {
         validate_transform(&format!("transform[{index}]"), transform, &mut problems);
     }
     problems
 }
+
+/// More target connections than this only queue on the target's locks and cores.
+const MAX_APPLY_LANES: usize = 16;
 
 fn validate_cutover(cutover: &CutoverSection, problems: &mut Vec<Problem>) {
     for (path, seconds) in [("cutover.max_lag_seconds", cutover.max_lag_seconds), ("cutover.drain_timeout_seconds", cutover.drain_timeout_seconds)] {

@@ -15,6 +15,11 @@
 //! A crash anywhere replays from the checkpoint: a chunk's rows commit with its "done" record,
 //! a batch's rows commit with the position after it, and the slot is confirmed only after that
 //! commit. So replay never has an effect twice and nothing is skipped.
+//!
+//! With `[apply] parallel = N`, a batch's rows are spread over N target transactions (lanes),
+//! each committing its rows with its own position; the checkpoint commits last. Per-key order
+//! and exactly-once hold; a reader can see part of a source transaction between the lanes'
+//! commits (see `switchyard_postgres::lanes`).
 
 mod progress;
 mod seam;

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::seam::Seam;
 use crate::reconcile::continuous::Touched;
 use super::{Pipeline, Shutdown};
-use crate::registry::{PgSink, PgSource};
+use crate::registry::{LaneSink, PgSource};
 use crate::transform::Shaper;
 
 #[derive(Clone, Debug)]
@@ -90,11 +90,7 @@ pub(super) async fn follow(
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
     let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
-    let mut sink = PgSink::new(target_client, store.clone());
-    if file.apply.as_replica {
-        sink.apply_as_replica().await;
-    }
-    sink.expect_repairs(repairs_version);
+    let sink = LaneSink::open(&endpoints.target, target_client, store, file.apply.parallel, file.apply.as_replica, repairs_version).await?;
     tracing::info!(position = %start, "following the change stream");
     let verifier = touched
         .clone()
@@ -129,7 +125,7 @@ async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str)
 #[allow(clippy::too_many_arguments)]
 async fn apply_loop<S: Source + 'static>(
     source: S,
-    mut sink: PgSink,
+    mut sink: LaneSink,
     shaper: Shaper,
     seam: Seam,
     acknowledge: watch::Sender<Option<Position>>,
@@ -141,7 +137,8 @@ async fn apply_loop<S: Source + 'static>(
     let reader = tokio::spawn(read_loop(source, batches, budget));
     let mut inside_transaction = false;
     let mut report = Report::default();
-    let mut gathering = Gathering { seam, shaper, touched: touched.as_ref(), max_changes: options.max_batch_changes };
+    let mut gathering =
+        Gathering { seam, shaper, touched: touched.as_ref(), max_changes: options.max_batch_changes, settling_until: sink.settling_until() };
     let mut readied = None;
     let mut told_catching_up = false;
     let result: anyhow::Result<()> = async {
@@ -164,7 +161,7 @@ async fn apply_loop<S: Source + 'static>(
                         },
                     };
                     let batch = gathering.batch(first, &mut incoming)?;
-                    sink.ready(&batch).await?
+                    sink.ready(batch).await?
                 }
             };
             let (changes, commit_micros) = (ready.changes(), ready.commit().map(|c| c.time_micros));
@@ -216,6 +213,9 @@ struct Gathering<'a> {
     shaper: Shaper,
     touched: Option<&'a Touched>,
     max_changes: usize,
+    /// Until the stream passes this commit, a batch holds one source transaction: apply lanes
+    /// stopped ahead of the checkpoint skip whole transactions (see `LaneSink`).
+    settling_until: Option<Position>,
 }
 
 impl Gathering<'_> {
@@ -237,7 +237,8 @@ impl Gathering<'_> {
                 }
             }
             merged.commit = batch.commit;
-            if merged.commit.is_some() && merged.changes.len() < self.max_changes {
+            let settling = merged.commit.as_ref().zip(self.settling_until.as_ref()).is_some_and(|(commit, until)| commit.position <= *until);
+            if merged.commit.is_some() && merged.changes.len() < self.max_changes && !settling {
                 next = incoming.try_recv();
             }
         }

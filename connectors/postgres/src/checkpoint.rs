@@ -57,11 +57,21 @@ pub struct VerificationRecord {
 pub struct CheckpointStore {
     schema: String,
     pipeline: String,
+    /// A parallel apply lane other than the first, whose own row records what it applied
+    /// (see `for_lane`); `None` for the pipeline's checkpoint row.
+    lane: Option<i32>,
 }
 
 impl CheckpointStore {
     pub fn new(schema: &str, pipeline: &str) -> Self {
-        CheckpointStore { schema: schema.to_string(), pipeline: pipeline.to_string() }
+        CheckpointStore { schema: schema.to_string(), pipeline: pipeline.to_string(), lane: None }
+    }
+
+    /// The store as parallel apply's lane `lane` (1 and up) writes it: each batch advances the
+    /// lane's own row in `apply_lanes`, not the pipeline's checkpoint, and takes no pipeline lock
+    /// (the first lane holds it for the whole batch).
+    pub fn for_lane(&self, lane: i32) -> CheckpointStore {
+        CheckpointStore { lane: Some(lane), ..self.clone() }
     }
 
     pub fn schema(&self) -> &str {
@@ -79,7 +89,7 @@ impl CheckpointStore {
         let current: bool = client
             .query_one(
                 "SELECT to_regclass($1) IS NOT NULL",
-                &[&self.table("deferred_indexes")],
+                &[&self.table("apply_lanes")],
             )
             .await
             .context(|| "cannot look for the checkpoint schema".into())?
@@ -150,7 +160,14 @@ impl CheckpointStore {
                  index_name text NOT NULL,
                  rebuild text NOT NULL,
                  deferred_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (pipeline, table_schema, index_name));",
+                 PRIMARY KEY (pipeline, table_schema, index_name));
+             CREATE TABLE IF NOT EXISTS {apply_lanes} (
+                 pipeline text NOT NULL,
+                 lane integer NOT NULL,
+                 applied_position text,
+                 applied_commit_micros bigint,
+                 updated_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (pipeline, lane));",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
@@ -158,6 +175,7 @@ impl CheckpointStore {
             verification = self.table("verification"),
             cutovers = self.table("cutovers"),
             deferred_indexes = self.table("deferred_indexes"),
+            apply_lanes = self.table("apply_lanes"),
         );
         client.batch_execute(&sql).await.context(|| {
             format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)
@@ -276,8 +294,16 @@ impl CheckpointStore {
     /// The statement that records the last applied source commit, with `advance_params`, inside
     /// the transaction that applies it; repairs the stream has now passed are forgotten in the
     /// same statement. It locks the pipeline's row and returns the repairs version, as
-    /// `lock_sql` does. The sink prepares it once and pipelines it with each batch.
+    /// `lock_sql` does. The sink prepares it once and pipelines it with each batch. A lane's
+    /// store advances the lane's row instead, and returns 0.
     pub fn advance_sql(&self) -> String {
+        if self.lane.is_some() {
+            return format!(
+                "UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now()
+                  WHERE pipeline = $3 AND lane = $4 RETURNING 0::bigint",
+                self.table("apply_lanes")
+            );
+        }
         format!(
             "WITH passed AS (DELETE FROM {} WHERE pipeline = $3 AND lsn <= $4::text::pg_lsn)
              UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3
@@ -289,14 +315,22 @@ impl CheckpointStore {
 
     pub fn advance_params(&self, applied: &Position, commit_micros: i64) -> AdvanceParams {
         let Position::Postgres(lsn) = applied;
-        AdvanceParams { position: applied.encode(), commit_micros, pipeline: self.pipeline.clone(), lsn: lsn.to_string() }
+        let row = match self.lane {
+            Some(lane) => AdvanceRow::Lane(lane),
+            None => AdvanceRow::Pipeline { lsn: lsn.to_string() },
+        };
+        AdvanceParams { position: applied.encode(), commit_micros, pipeline: self.pipeline.clone(), row }
     }
 
-    /// What `advance_sql` must have updated: the pipeline's one checkpoint row.
+    /// What `advance_sql` must have updated: the pipeline's (or lane's) one checkpoint row.
     pub fn check_advanced(&self, updated: u64) -> Result<(), ConnectorError> {
         if updated != 1 {
+            let row = match self.lane {
+                Some(lane) => format!("apply lane {lane}'s row"),
+                None => "the checkpoint row".to_string(),
+            };
             return Err(ConnectorError::definite(format!(
-                "the checkpoint row of pipeline {} is gone from the target; was it torn down while running?",
+                "{row} of pipeline {} is gone from the target; was it torn down while running?",
                 self.pipeline
             )));
         }
@@ -304,9 +338,33 @@ impl CheckpointStore {
     }
 
     /// Locks this pipeline's row for the rest of the transaction: applying and repairing take
-    /// turns. Returns the repairs version (it grows with every recorded repair).
+    /// turns. Returns the repairs version (it grows with every recorded repair). A lane takes
+    /// no lock here (its batches always advance its own row) and reads 0.
     pub fn lock_sql(&self) -> String {
+        if self.lane.is_some() {
+            return "SELECT 0::bigint WHERE $1::text IS NOT NULL".to_string();
+        }
         format!("SELECT repairs_version FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
+    }
+
+    /// Where each parallel apply lane after the first stands, by its own row: (lane, the last
+    /// source commit it applied, if any).
+    pub async fn lanes(&self, client: &impl GenericClient) -> Result<Vec<(i32, Option<Position>)>, ConnectorError> {
+        let sql = format!("SELECT lane, applied_position FROM {} WHERE pipeline = $1 ORDER BY lane", self.table("apply_lanes"));
+        let rows = client.query(&sql, &[&self.pipeline]).await.context(|| "cannot read the apply lanes".into())?;
+        rows.into_iter().map(|row| Ok((row.get(0), decode_position(row.get(1))?))).collect()
+    }
+
+    /// Starts the rows of lanes 1 to `lanes - 1` afresh (none for one lane). Only while no lane
+    /// is ahead of the pipeline's checkpoint: their positions are then of no use (and a stop
+    /// in between leaves rows that the next start resets again).
+    pub async fn reset_lanes(&self, client: &impl GenericClient, lanes: usize) -> Result<(), ConnectorError> {
+        let table = self.table("apply_lanes");
+        let cleared = format!("DELETE FROM {table} WHERE pipeline = $1");
+        let added = format!("INSERT INTO {table} (pipeline, lane) SELECT $1, generate_series(1, $2 - 1)");
+        client.execute(&cleared, &[&self.pipeline]).await.context(|| "cannot clear the apply lanes".into())?;
+        client.execute(&added, &[&self.pipeline, &(lanes as i32)]).await.context(|| "cannot set up the apply lanes".into())?;
+        Ok(())
     }
 
     pub fn pipeline(&self) -> &str {
@@ -436,7 +494,7 @@ impl CheckpointStore {
     /// a cutover or switch-back, whose slot was created at `at` with both sides equal.
     pub async fn restart_at(&self, client: &mut Client, slot: &str, publication: &str, at: &Position) -> Result<(), ConnectorError> {
         let txn = client.transaction().await.context(|| "cannot begin".into())?;
-        for table in ["snapshot_chunks", "repairs"] {
+        for table in ["snapshot_chunks", "repairs", "apply_lanes"] {
             let sql = format!("DELETE FROM {} WHERE pipeline = $1", self.table(table));
             txn.execute(&sql, &[&self.pipeline]).await.context(|| "cannot clear the old checkpoint".into())?;
         }
@@ -455,7 +513,7 @@ impl CheckpointStore {
 
     /// Forgets this pipeline (teardown).
     pub async fn remove(&self, client: &Client) -> Result<(), ConnectorError> {
-        for table in ["snapshot_chunks", "repairs", "verification", "cutovers"] {
+        for table in ["snapshot_chunks", "repairs", "verification", "cutovers", "apply_lanes"] {
             let sql = format!("DELETE FROM {} WHERE pipeline = $1", self.table(table));
             client.execute(&sql, &[&self.pipeline]).await.context(|| format!("cannot remove the pipeline's {table} records"))?;
         }
@@ -480,11 +538,22 @@ pub struct AdvanceParams {
     position: String,
     commit_micros: i64,
     pipeline: String,
-    lsn: String,
+    row: AdvanceRow,
+}
+
+/// Which row an advance writes, and what else it needs.
+enum AdvanceRow {
+    /// The pipeline's checkpoint; the LSN forgets the repairs the stream has passed.
+    Pipeline { lsn: String },
+    Lane(i32),
 }
 
 impl AdvanceParams {
     pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
-        [&self.position, &self.commit_micros, &self.pipeline, &self.lsn]
+        let last: &(dyn tokio_postgres::types::ToSql + Sync) = match &self.row {
+            AdvanceRow::Pipeline { lsn } => lsn,
+            AdvanceRow::Lane(lane) => lane,
+        };
+        [&self.position, &self.commit_micros, &self.pipeline, last]
     }
 }

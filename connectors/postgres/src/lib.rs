@@ -16,6 +16,7 @@ pub mod grouping;
 pub mod load;
 pub mod ident;
 pub mod integrity;
+pub mod lanes;
 pub mod pgbouncer;
 pub mod pgoutput;
 pub mod sequences;

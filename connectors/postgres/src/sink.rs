@@ -83,6 +83,11 @@ impl ReadyBatch {
     pub fn commit(&self) -> Option<&Commit> {
         self.commit.as_ref()
     }
+
+    /// Whether it holds a schema change or a TRUNCATE.
+    pub fn alters_tables(&self) -> bool {
+        matches!(self.body, ReadyBody::Mixed(_))
+    }
 }
 
 /// How a shaped table's columns land in its target table.
@@ -105,11 +110,6 @@ impl PgSink {
         &self.client
     }
 
-    /// Applies as PostgreSQL's own logical replication does (see `endpoint::act_as_replica`).
-    pub async fn apply_as_replica(&self) -> bool {
-        crate::endpoint::act_as_replica(&self.client, "applying").await
-    }
-
     /// Batches are written only while the pipeline's repairs are still at `version`: a repair
     /// recorded since then makes the next write fail with a conflict, so the runtime resumes
     /// from the checkpoint knowing which rows it must not set back.
@@ -127,6 +127,25 @@ impl PgSink {
             self.rollback().await;
         }
         locked
+    }
+
+    /// Whether a target transaction is open (a source transaction applied in parts).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.open
+    }
+
+    /// The sink in two halves over its one connection: one writes a batch while the other
+    /// readies the next (parallel apply's lanes, see `lanes`).
+    pub fn split(&mut self) -> (SinkWriter<'_>, SinkPlanner<'_>) {
+        let PgSink { client, store, planner, tx } = self;
+        (SinkWriter { client, store, tx }, SinkPlanner { client, store, planner })
+    }
+
+    /// Forgets what it learned of the target's tables (another connection changed them).
+    pub fn forget_tables(&mut self) {
+        self.planner.targets.clear();
+        self.planner.plans.clear();
+        self.planner.statements.clear();
     }
 
     /// Applies changes inside a transaction opened with `begin_locked` (a repair).
@@ -296,6 +315,74 @@ impl PgSink {
     }
 }
 
+/// The half of a sink that writes readied batches, leaving the commit to its caller.
+pub struct SinkWriter<'a> {
+    client: &'a Client,
+    store: &'a CheckpointStore,
+    tx: &'a mut TxState,
+}
+
+impl SinkWriter<'_> {
+    /// Begins the target transaction `ready` is to be sent in, holding the pipeline's lock, and
+    /// fails with a conflict if a repair was recorded since this sink's batches were filtered
+    /// (see `expect_repairs`).
+    pub async fn begin_checked(&mut self, ready: &ReadyBatch) -> Result<(), ConnectorError> {
+        let lock = Lock { statement: ready.lock.clone(), advance: None };
+        self.tx.open = true;
+        let checked = match begin_and_lock(self.client, &lock, self.store.pipeline()).await {
+            Ok(version) => check_repairs(self.tx, version),
+            Err(error) => Err(error),
+        };
+        if checked.is_err() {
+            self.rollback().await;
+        }
+        checked
+    }
+
+    /// Sends a readied batch of row changes, inside the open transaction or one it begins, and
+    /// leaves it open: the caller commits or rolls back. Any failure rolls back.
+    pub async fn send_ready(&mut self, ready: ReadyBatch) -> Result<(), ConnectorError> {
+        let ReadyBatch { body: ReadyBody::Rows(runs), lock, advance, .. } = ready else {
+            return Err(ConnectorError::bug("a batch with a schema change or TRUNCATE was sent without its commit"));
+        };
+        let frame = Frame::around(self.tx.open, lock, advance);
+        let sent = send_runs(self.client, self.store, self.tx, runs, frame).await;
+        if sent.is_err() {
+            self.rollback().await;
+        }
+        sent
+    }
+
+    pub async fn commit(&mut self) -> Result<(), ConnectorError> {
+        commit(self.client, self.tx).await
+    }
+
+    pub async fn rollback(&mut self) {
+        rollback(self.client, self.tx).await
+    }
+}
+
+/// The half of a sink that readies batches (plans and encodes them).
+pub struct SinkPlanner<'a> {
+    client: &'a Client,
+    store: &'a CheckpointStore,
+    planner: &'a mut Planner,
+}
+
+impl SinkPlanner<'_> {
+    pub async fn ready(&mut self, batch: &ChangeBatch) -> Result<ReadyBatch, ConnectorError> {
+        self.planner.ready(self.client, self.store, batch).await
+    }
+
+    /// How `table`'s changes find their target rows, and whether the target ties its rows
+    /// together (a unique index besides the key, an exclusion constraint), so its changes must
+    /// keep their order among themselves.
+    pub async fn route(&mut self, table: &Arc<TableSchema>) -> Result<(Arc<ApplyPlan>, bool), ConnectorError> {
+        let plan = self.planner.plan(self.client, table).await?;
+        Ok((plan, self.planner.ties.ordered.contains(&table.id)))
+    }
+}
+
 impl Planner {
     async fn target(&mut self, client: &Client, id: &TableId) -> Result<&TableInfo, ConnectorError> {
         if !self.targets.contains_key(id) {
@@ -428,9 +515,7 @@ async fn send_runs(client: &Client, store: &CheckpointStore, tx: &mut TxState, r
     // A repair recorded since this sink's batches were filtered: they might set a repaired
     // row back, so the runtime resumes from the checkpoint knowing the repairs.
     if let Some(version) = locked? {
-        if tx.repairs_version.is_some_and(|expected| expected != version) {
-            return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
-        }
+        check_repairs(tx, version)?;
     }
     let results = results.map_err(|(e, run)| {
         // Rows of one statement may trade a unique value that the source moved one row at a
@@ -458,6 +543,13 @@ async fn send_runs(client: &Client, store: &CheckpointStore, tx: &mut TxState, r
     }
     if let Some(updated) = advanced? {
         store.check_advanced(updated)?;
+    }
+    Ok(())
+}
+
+fn check_repairs(tx: &TxState, version: i64) -> Result<(), ConnectorError> {
+    if tx.repairs_version.is_some_and(|expected| expected != version) {
+        return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
     }
     Ok(())
 }
@@ -689,6 +781,34 @@ fn value_for<'a>(change: &'a Change, source: ParamSource, plan: &ApplyPlan) -> O
         _ => return None,
     };
     value.as_bytes()
+}
+
+/// A hash of the target table and the key of the row `change` touches on it, the same in every
+/// process and build (FNV-1a): parallel apply sends a row's changes to one lane by it, also
+/// after a restart. An update that moves its row to another key hashes the old key (such a
+/// batch is not spread over lanes).
+pub fn row_hash(change: &Change, plan: &ApplyPlan) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+        }
+    };
+    eat(plan.target.schema.as_bytes());
+    eat(&[0]);
+    eat(plan.target.name.as_bytes());
+    for n in 0..plan.key.len() {
+        // Length first, so ("ab", "c") and ("a", "bc") differ; NULL is not a key value.
+        let source = match change {
+            Change::Insert { .. } => ParamSource::Column(plan.key[n]),
+            _ => ParamSource::OldKey(n),
+        };
+        let value = value_for(change, source, plan).unwrap_or_default();
+        eat(&(value.len() as u32).to_le_bytes());
+        eat(value);
+    }
+    hash
 }
 
 struct PreparedRun {

@@ -1,0 +1,282 @@
+//! Parallel apply (`[apply] parallel = N`): a batch's row changes spread over N target
+//! connections ("lanes") by a fixed hash of (target table, key), so each row's changes stay in
+//! one lane, in order.
+//!
+//! ```text
+//!  lane 0:  BEGIN, lock pipeline ── its share ── advance checkpoint ──────────── COMMIT (last)
+//!  lane k:        BEGIN ── its share ── advance apply_lanes[k] ── COMMIT ──┘
+//! ```
+//!
+//! Lane 0 takes the pipeline's lock before any lane starts (a repair waits for the whole batch)
+//! and commits last, with the checkpoint's advance: the checkpoint moves only once every lane
+//! has committed. A crash between lane commits leaves some lanes' rows ahead of the checkpoint;
+//! the next run resumes from the checkpoint, applies one source transaction per batch until it
+//! has passed the furthest lane, and each lane skips the transactions its own row holds. So
+//! nothing is applied twice or lost.
+//!
+//! What it gives up: between a batch's lane commits, a reader of the target can see part of a
+//! source transaction (rows of one lane, not yet of another). The target is a committed prefix
+//! of the source again at every checkpoint commit. Changes that must keep their order across
+//! rows go to lane 0 whole: tables with a unique index besides their key or an exclusion
+//! constraint, and batches holding a key change, a TRUNCATE, a schema change or part of a
+//! source transaction. Foreign keys are not checked between lanes: parallel apply requires
+//! `as_replica`, under which the target checks none.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Position};
+use tokio_postgres::Client;
+
+use crate::checkpoint::CheckpointStore;
+use crate::endpoint::{act_as_replica, Endpoint};
+use crate::sink::{row_hash, ApplyPlan, PgSink, ReadyBatch, SinkPlanner, SinkWriter};
+
+pub struct LaneSink {
+    lanes: Vec<PgSink>,
+    /// Per lane, the last source commit its own row says it applied, where that is past the
+    /// pipeline's checkpoint (a crash between lane commits): its share up to there is skipped.
+    ahead: Vec<Option<Position>>,
+}
+
+/// A batch made ready for the lanes.
+pub enum LaneReady {
+    /// One target transaction on lane 0, as without lanes.
+    Whole(ReadyBatch),
+    /// A share per lane; `None` where the lane has nothing to do. Lane 0's is always there: it
+    /// advances the checkpoint.
+    Shares(Vec<Option<ReadyBatch>>),
+}
+
+impl LaneReady {
+    pub fn changes(&self) -> usize {
+        match self {
+            LaneReady::Whole(ready) => ready.changes(),
+            LaneReady::Shares(shares) => shares.iter().flatten().map(ReadyBatch::changes).sum(),
+        }
+    }
+
+    pub fn commit(&self) -> Option<&Commit> {
+        match self {
+            LaneReady::Whole(ready) => ready.commit(),
+            LaneReady::Shares(shares) => shares[0].as_ref().and_then(ReadyBatch::commit),
+        }
+    }
+}
+
+impl LaneSink {
+    /// Opens the lanes on `first` (the pipeline's target connection) and, for `wanted > 1`, as
+    /// many more connections. If lanes were left ahead of the checkpoint, the run keeps their
+    /// number until they are passed; `wanted` takes effect on the next start.
+    pub async fn open(
+        target: &Endpoint,
+        first: Client,
+        store: &CheckpointStore,
+        wanted: usize,
+        as_replica: bool,
+        repairs_version: i64,
+    ) -> Result<LaneSink, ConnectorError> {
+        let applied = store.load(&first).await?.and_then(|record| record.applied);
+        let rows = store.lanes(&first).await?;
+        let ahead: HashMap<i32, Position> = rows
+            .iter()
+            .filter_map(|(lane, position)| position.clone().filter(|p| applied.as_ref().is_none_or(|applied| p > applied)).map(|p| (*lane, p)))
+            .collect();
+        let count = if ahead.is_empty() {
+            if rows.len() + 1 != wanted.max(1) {
+                store.reset_lanes(&first, wanted.max(1)).await?;
+            }
+            wanted.max(1)
+        } else {
+            let count = rows.len() + 1;
+            if count != wanted {
+                tracing::warn!(lanes = count, configured = wanted, "apply lanes are ahead of the checkpoint after a stop; applying with their number until they are passed, and with apply.parallel from the next start");
+            }
+            count
+        };
+        let mut lanes = vec![PgSink::new(first, store.clone())];
+        for lane in 1..count {
+            lanes.push(PgSink::new(target.connect().await?, store.for_lane(lane as i32)));
+        }
+        if as_replica || count > 1 {
+            for sink in &lanes {
+                if !act_as_replica(sink.client(), "applying").await && count > 1 {
+                    return Err(ConnectorError::config(format!(
+                        "apply.parallel = {count} needs the target user {} to set session_replication_role \
+                         (a superuser, or `GRANT SET ON PARAMETER session_replication_role TO {}`): \
+                         lanes must not check foreign keys between each other. Grant it, or set apply.parallel = 1",
+                        target.user(),
+                        target.user()
+                    )));
+                }
+            }
+        }
+        lanes[0].expect_repairs(repairs_version);
+        if count > 1 {
+            tracing::info!(lanes = count, "applying over parallel lanes");
+        }
+        let ahead = (0..count as i32).map(|lane| ahead.get(&lane).cloned()).collect();
+        Ok(LaneSink { lanes, ahead })
+    }
+
+    /// The last source commit some lane applied past the checkpoint: until the stream has
+    /// passed it, each batch must hold one source transaction (lanes skip whole transactions).
+    pub fn settling_until(&self) -> Option<Position> {
+        self.ahead.iter().flatten().cloned().reduce(|a, b| if b > a { b } else { a })
+    }
+
+    /// Splits `batch` over the lanes and plans and encodes each share.
+    pub async fn ready(&mut self, batch: ChangeBatch) -> Result<LaneReady, ConnectorError> {
+        let lane_zero_open = self.lanes[0].in_transaction();
+        let LaneSink { lanes, ahead } = self;
+        let mut planners: Vec<SinkPlanner> = lanes.iter_mut().map(|sink| sink.split().1).collect();
+        ready_shares(&mut planners, ahead, lane_zero_open, batch).await
+    }
+
+    /// Writes a readied batch: its shares at once, lane 0's commit last (see the module doc).
+    pub async fn write(&mut self, ready: LaneReady) -> Result<Option<Commit>, ConnectorError> {
+        match ready {
+            LaneReady::Whole(ready) => {
+                let alters_tables = ready.alters_tables();
+                let written = self.lanes[0].write_ready(ready).await;
+                if alters_tables {
+                    // A schema change went through lane 0: the others plan afresh.
+                    self.lanes[1..].iter_mut().for_each(PgSink::forget_tables);
+                }
+                written
+            }
+            LaneReady::Shares(shares) => {
+                let mut writers: Vec<SinkWriter> = self.lanes.iter_mut().map(|sink| sink.split().0).collect();
+                write_shares(&mut writers, shares).await
+            }
+        }
+    }
+
+    /// Writes `ready` and, while the target applies it, readies the batch `next` yields: the
+    /// next batch is sent only after this one committed (see `PgSink::write_while`).
+    pub async fn write_while(
+        &mut self,
+        ready: LaneReady,
+        next: impl Future<Output = Option<ChangeBatch>>,
+    ) -> (Result<Option<Commit>, ConnectorError>, Result<Option<LaneReady>, ConnectorError>) {
+        match ready {
+            LaneReady::Whole(ready) if self.lanes.len() == 1 => {
+                let (written, readied) = self.lanes[0].write_while(ready, next).await;
+                (written, readied.map(|ready| ready.map(LaneReady::Whole)))
+            }
+            LaneReady::Whole(ready) => {
+                // Rare with lanes (a key change, a TRUNCATE, a schema change): one after the other.
+                let written = self.write(LaneReady::Whole(ready)).await;
+                if written.is_err() {
+                    return (written, Ok(None));
+                }
+                let readied = match next.await {
+                    Some(batch) => self.ready(batch).await.map(Some),
+                    None => Ok(None),
+                };
+                (written, readied)
+            }
+            LaneReady::Shares(shares) => {
+                let LaneSink { lanes, ahead } = self;
+                let (mut writers, mut planners): (Vec<SinkWriter>, Vec<SinkPlanner>) = lanes.iter_mut().map(PgSink::split).unzip();
+                let writing = write_shares(&mut writers, shares);
+                // A spread batch ends its source transaction: the next begins a new one.
+                let readying = async {
+                    match next.await {
+                        Some(batch) => ready_shares(&mut planners, ahead, false, batch).await.map(Some),
+                        None => Ok(None),
+                    }
+                };
+                tokio::join!(writing, readying)
+            }
+        }
+    }
+}
+
+/// Splits `batch` over the lanes' planners: whole on lane 0 where it cannot be spread (see
+/// the module doc), else by row, skipping what a lane already applied (`ahead`).
+async fn ready_shares(
+    planners: &mut [SinkPlanner<'_>],
+    ahead: &[Option<Position>],
+    lane_zero_open: bool,
+    batch: ChangeBatch,
+) -> Result<LaneReady, ConnectorError> {
+    let count = planners.len();
+    let spread = count > 1 && batch.commit.is_some() && !lane_zero_open && batch.changes.iter().all(spreadable);
+    if !spread {
+        check_not_applied(ahead, &batch)?;
+        return Ok(LaneReady::Whole(planners[0].ready(&batch).await?));
+    }
+    let ChangeBatch { begins_at, changes, commit } = batch;
+    let mut routes: HashMap<usize, (Arc<ApplyPlan>, bool)> = HashMap::new();
+    let mut shares: Vec<Vec<Change>> = vec![Vec::new(); count];
+    for change in changes {
+        let table = change.table().expect("row changes have a table");
+        let (plan, ordered) = match routes.entry(Arc::as_ptr(table) as usize) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => new.insert(planners[0].route(table).await?),
+        };
+        let lane = if *ordered { 0 } else { (row_hash(&change, plan) % count as u64) as usize };
+        shares[lane].push(change);
+    }
+    let position = &commit.as_ref().expect("spread batches end a source transaction").position;
+    let mut ready = Vec::with_capacity(count);
+    for (lane, (planner, changes)) in planners.iter_mut().zip(shares).enumerate() {
+        let applied = ahead[lane].as_ref().is_some_and(|ahead| position <= ahead);
+        if lane > 0 && (changes.is_empty() || applied) {
+            ready.push(None);
+            continue;
+        }
+        let share = ChangeBatch { begins_at: begins_at.clone(), changes, commit: commit.clone() };
+        ready.push(Some(planner.ready(&share).await?));
+    }
+    Ok(LaneReady::Shares(ready))
+}
+
+/// A batch applied on lane 0 alone must not hold a transaction some lane already applied its
+/// share of: such transactions were spread before, and are spread again.
+fn check_not_applied(ahead: &[Option<Position>], batch: &ChangeBatch) -> Result<(), ConnectorError> {
+    let Some(commit) = &batch.commit else { return Ok(()) };
+    if ahead.iter().flatten().any(|ahead| commit.position <= *ahead) {
+        return Err(ConnectorError::bug(format!(
+            "the source transaction at {} was applied in part by an apply lane, yet is not spread over lanes now",
+            commit.position
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the shares of one batch, each lane in its own target transaction: lane 0 takes the
+/// pipeline's lock before any lane starts (a repair then waits for the whole batch, never
+/// holding the lock while a lane holds rows it wants), the others commit first, and lane 0's
+/// commit, with the checkpoint's advance, ends it.
+async fn write_shares(writers: &mut [SinkWriter<'_>], shares: Vec<Option<ReadyBatch>>) -> Result<Option<Commit>, ConnectorError> {
+    let lane_zero = shares[0].as_ref().ok_or_else(|| ConnectorError::bug("lane 0 has no share"))?;
+    let commit = lane_zero.commit().cloned();
+    writers[0].begin_checked(lane_zero).await?;
+    let taking_part: Vec<bool> = shares.iter().map(Option::is_some).collect();
+    let sent = join_all(writers.iter_mut().zip(shares).filter_map(|(writer, share)| share.map(|share| writer.send_ready(share)))).await;
+    if let Some(error) = sent.into_iter().find_map(Result::err) {
+        rollback_all(writers).await;
+        return Err(error);
+    }
+    let others = writers.iter_mut().zip(&taking_part).skip(1).filter(|(_, part)| **part).map(|(writer, _)| writer.commit());
+    if let Some(error) = join_all(others).await.into_iter().find_map(Result::err) {
+        rollback_all(writers).await;
+        return Err(error);
+    }
+    writers[0].commit().await?;
+    Ok(commit)
+}
+
+async fn rollback_all(writers: &mut [SinkWriter<'_>]) {
+    join_all(writers.iter_mut().map(SinkWriter::rollback)).await;
+}
+
+/// A row change that may go to a lane by its key: not a key change (it touches two keys).
+fn spreadable(change: &Change) -> bool {
+    matches!(change, Change::Insert { .. } | Change::Delete { .. } | Change::Update { old_key: None, .. })
+}
