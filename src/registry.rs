@@ -7,7 +7,7 @@ use crate::config::PipelineFile;
 pub use switchyard_postgres::catalog::{self as pg_catalog, TableInfo};
 pub use switchyard_postgres::checkpoint::{CheckpointStore, ChunkRecord, PipelineRecord};
 pub use switchyard_postgres::deferred_indexes;
-pub use switchyard_postgres::lanes::LaneSink;
+pub use switchyard_postgres::lanes::{check_lanes_allowed, LaneSink};
 pub use switchyard_postgres::load::BulkLoader;
 pub use switchyard_postgres::slot;
 pub use switchyard_postgres::snapshot::{RowReader, SnapshotReader};

@@ -63,13 +63,19 @@ fn check_names_wal_level_and_missing_privileges() {
     source.psql("app", "CREATE TABLE t (id int PRIMARY KEY); CREATE ROLE app LOGIN; GRANT SELECT ON t TO app;");
     let target = PgCluster::start();
     target.create_database("app");
-    target.psql("app", "CREATE TABLE t (id int PRIMARY KEY);");
+    // The target user owns its table and may create the checkpoint schema, but may not apply
+    // as a replica, which parallel apply needs.
+    target.psql(
+        "app",
+        "CREATE ROLE shadow LOGIN; GRANT CREATE ON DATABASE app TO shadow; CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t OWNER TO shadow;",
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.toml");
     let source_url = source.url("app").replace("postgres@", "app@");
+    let target_url = target.url("app").replace("postgres@", "shadow@");
     std::fs::write(
         &path,
-        format!("[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"{source_url}\"\ntables = [\"t\"]\n[target]\ntype = \"postgres\"\nurl = \"{}\"\n", target.url("app")),
+        format!("[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"{source_url}\"\ntables = [\"t\"]\n[target]\ntype = \"postgres\"\nurl = \"{target_url}\"\n[apply]\nparallel = 2\n"),
     )
     .unwrap();
     let (status, text) = switchyard(&["check"], &path);
@@ -79,4 +85,12 @@ fn check_names_wal_level_and_missing_privileges() {
     assert!(text.contains("is owned by postgres"), "{text}");
     assert!(text.contains("max_replication_slots: 0 of 1 slots are in use and this pipeline needs 2"), "{text}");
     assert!(text.contains("max_wal_senders: no WAL sender is free"), "{text}");
+    let refused = "apply.parallel: apply.parallel = 2 needs the target user shadow to set session_replication_role";
+    assert!(text.contains(refused), "{text}");
+    assert!(text.contains("GRANT SET ON PARAMETER session_replication_role TO shadow"), "{text}");
+    // `run` refuses it before writing anything to either side.
+    let (status, text) = switchyard(&["run"], &path);
+    assert!(!status.success() && text.contains("needs the target user shadow to set session_replication_role"), "{text}");
+    assert_eq!(target.psql("app", "SELECT to_regnamespace('switchyard') IS NULL"), "t", "the checkpoint schema was created");
+    assert_eq!(source.psql("app", "SELECT count(*) FROM pg_publication"), "0", "a publication was created");
 }

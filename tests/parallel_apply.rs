@@ -71,6 +71,9 @@ fn parallel_lanes_apply_exactly_once_across_a_kill_between_lane_commits() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(pair.target.psql("app", LANES_AHEAD), "2", "after the crash, the lanes that committed stay ahead of the checkpoint");
+    let (_, status) = switchyard(&["status"], &pipeline);
+    assert!(status.contains("apply      3 parallel lanes; ahead of the checkpoint after a stop, settled by the next run: lane 1 at"), "{status}");
+    assert!(status.contains(", lane 2 at"), "{status}");
 
     // More backlog behind the batch, then a start configured for two lanes, under load.
     order_transactions(&pair, 3);

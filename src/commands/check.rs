@@ -87,6 +87,9 @@ pub async fn check_file(file: &PipelineFile) -> (Vec<Problem>, Vec<Problem>) {
         if let Err(e) = check_target(target, &tables, &mut shaper, &mut problems).await {
             problems.push(Problem::new("target", format!("{e:#}")));
         }
+        if let Err(e) = registry::check_lanes_allowed(target, endpoints.target.user(), file.apply.parallel).await {
+            problems.push(Problem::new("apply.parallel", e.to_string()));
+        }
     }
     (problems, notes)
 }

@@ -51,6 +51,11 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
     let file = file.clone();
     let endpoints = registry::endpoints(&file)?;
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
+    // Refused before the controller or the pipeline writes anything.
+    if file.apply.parallel > 1 {
+        let target = endpoints.target.connect().await?;
+        registry::check_lanes_allowed(&target, endpoints.target.user(), file.apply.parallel).await?;
+    }
     let touched = file.verify.continuous.then(|| Touched::new(file.verify.continuous_chunk_rows));
     let (running_sender, running) = watch::channel(None);
     let reverse_health = ReverseHealth::default();

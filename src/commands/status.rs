@@ -21,6 +21,11 @@ pub struct Status {
     tables: Vec<TableCopy>,
     /// Target indexes the copy set aside and has not built again yet ("name of table").
     indexes_set_aside: Vec<String>,
+    /// Target connections the stream applied over at its last start (`[apply] parallel`).
+    apply_lanes: usize,
+    /// Lanes that committed past the checkpoint ("lane N at LSN"): a stop between lane commits,
+    /// which the next run settles.
+    apply_lanes_ahead: Vec<String>,
     verification: Option<switchyard_postgres::checkpoint::VerificationRecord>,
     last_error: Option<String>,
     /// Where cutover stands: which side is live, what is in progress, how the last one ended.
@@ -125,6 +130,15 @@ pub async fn gather(file: &crate::config::PipelineFile) -> anyhow::Result<Status
             let pending = registry::deferred_indexes::pending(&target, &store).await.unwrap_or_default();
             status.indexes_set_aside = pending.iter().map(|i| format!("{} of {}", i.name, i.table)).collect();
             status.verification = store.load_verification(&target).await.ok().flatten();
+            let lanes = store.lanes(&target).await.unwrap_or_default();
+            status.apply_lanes = lanes.len() + 1;
+            status.apply_lanes_ahead = lanes
+                .iter()
+                .filter_map(|(lane, position)| match position {
+                    Some(switchyard_core::Position::Postgres(at)) if position > &record.applied => Some(format!("lane {lane} at {at}")),
+                    _ => None,
+                })
+                .collect();
         }
         if !file.reversed {
             let record = store.load_cutover(&target).await?;
@@ -163,6 +177,13 @@ fn print(status: &Status) -> anyhow::Result<ExitCode> {
     }
     if !status.indexes_set_aside.is_empty() {
         println!("indexes    set aside for the copy, built before the stream starts: {}", status.indexes_set_aside.join(", "));
+    }
+    if status.apply_lanes > 1 {
+        let ahead = match status.apply_lanes_ahead.is_empty() {
+            true => String::new(),
+            false => format!("; ahead of the checkpoint after a stop, settled by the next run: {}", status.apply_lanes_ahead.join(", ")),
+        };
+        println!("apply      {} parallel lanes{ahead}", status.apply_lanes);
     }
     match &status.verification {
         Some(v) => {

@@ -104,13 +104,7 @@ impl LaneSink {
         if as_replica || count > 1 {
             for sink in &lanes {
                 if !act_as_replica(sink.client(), "applying").await && count > 1 {
-                    return Err(ConnectorError::config(format!(
-                        "apply.parallel = {count} needs the target user {} to set session_replication_role \
-                         (a superuser, or `GRANT SET ON PARAMETER session_replication_role TO {}`): \
-                         lanes must not check foreign keys between each other. Grant it, or set apply.parallel = 1",
-                        target.user(),
-                        target.user()
-                    )));
+                    return Err(lanes_refused(count, target.user()));
                 }
             }
         }
@@ -274,6 +268,27 @@ async fn write_shares(writers: &mut [SinkWriter<'_>], shares: Vec<Option<ReadyBa
 
 async fn rollback_all(writers: &mut [SinkWriter<'_>]) {
     join_all(writers.iter_mut().map(SinkWriter::rollback)).await;
+}
+
+/// Fails, naming the fix, if `lanes` > 1 and the target user may not apply as a replica (see
+/// the module doc): `check` and `run` ask before anything is written.
+pub async fn check_lanes_allowed(client: &Client, user: &str, lanes: usize) -> Result<(), ConnectorError> {
+    if lanes <= 1 {
+        return Ok(());
+    }
+    if client.batch_execute("BEGIN; SET LOCAL session_replication_role = replica; ROLLBACK").await.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(lanes_refused(lanes, user));
+    }
+    Ok(())
+}
+
+fn lanes_refused(lanes: usize, user: &str) -> ConnectorError {
+    ConnectorError::config(format!(
+        "apply.parallel = {lanes} needs the target user {user} to set session_replication_role \
+         (a superuser, or `GRANT SET ON PARAMETER session_replication_role TO {user}`): lanes must not \
+         check foreign keys between each other. Grant it, or set apply.parallel = 1"
+    ))
 }
 
 /// A row change that may go to a lane by its key: not a key change (it touches two keys).
