@@ -216,6 +216,11 @@ async fn ready_shares(
         let lane = if *ordered { 0 } else { (row_hash(&change, plan) % count as u64) as usize };
         shares[lane].push(change);
     }
+    if shares[1..].iter().all(Vec::is_empty) {
+        // All on lane 0 (a small transaction, often): one transaction, as without lanes.
+        let changes = std::mem::take(&mut shares[0]);
+        return Ok(LaneReady::Whole(planners[0].ready(&ChangeBatch { begins_at, changes, commit }).await?));
+    }
     let position = &commit.as_ref().expect("spread batches end a source transaction").position;
     let mut ready = Vec::with_capacity(count);
     for (lane, (planner, changes)) in planners.iter_mut().zip(shares).enumerate() {
