@@ -108,3 +108,40 @@ fn parallel_lanes_apply_exactly_once_across_a_kill_between_lane_commits() {
     assert_same_rows("orders.extra", &pair.source.psql("app", extra), &pair.target.psql("app", extra));
     assert_eq!(pair.target.psql("app", "SELECT count(*) FROM switchyard.apply_lanes WHERE applied_position IS NOT NULL"), "1");
 }
+
+/// Under a write load with small batches, lanes' connections are dropped under them and the
+/// process is killed with SIGKILL at random moments; after a final restart the target equals
+/// the source.
+#[test]
+fn parallel_lanes_survive_dropped_connections_and_kill_9_under_load() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 2_000, 5);
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[apply]\nparallel = 3\nmax_batch_changes = 60\n"));
+    let writer = Writer::start(&pair.source, 31);
+    let mut state = 0x9E3779B97F4A7C15u64;
+    let mut process = Switchyard::run(&pipeline);
+    let mut dropped = 0;
+    for round in 0..10 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        std::thread::sleep(Duration::from_millis(200 + state % 700));
+        if round % 2 == 0 {
+            let terminated = pair.target.psql(
+                "app",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'switchyard' AND pid <> pg_backend_pid()",
+            );
+            dropped += terminated.parse::<u32>().unwrap();
+            process.assert_running();
+        } else {
+            process.kill9();
+            process = Switchyard::run(&pipeline);
+        }
+    }
+    assert!(dropped >= 3, "only {dropped} target connections were dropped");
+    writer.finish();
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    assert!(process.log().contains(r#"applying over parallel lanes","lanes":3"#), "{}", process.log());
+}
