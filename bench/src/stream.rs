@@ -132,14 +132,7 @@ impl Stream<'_> {
         let (changes, goal) = self.backlog(transactions);
         println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
 
-        let (started, busy) = (Instant::now(), machine_busy_seconds());
-        let mut run = self.start_switchyard();
-        let (seconds, peak) = self.time_until("switchyard_tenantize", &goal, started, Some(&mut run));
-        self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
-        unsafe { kill(run.id() as i32, 15) };
-        run.wait().unwrap();
-        self.record(figures, "catch_up", "switchyard", changes / seconds, "changes/s", seconds);
-        figures.push(Figure { figure: "peak_rss_catch_up".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
+        self.switchyard_catch_up(figures, "catch_up", &self.pipeline, changes, &goal);
 
         // The ceiling: the walsender decoding the same backlog for a client that only reads it.
         let started = Instant::now();
@@ -152,11 +145,7 @@ impl Stream<'_> {
         self.record(figures, "catch_up", "pg_recvlogical", changes / started.elapsed().as_secs_f64(), "changes/s", started.elapsed().as_secs_f64());
         source.psql("app", "SELECT pg_drop_replication_slot('bench_recv')");
 
-        let (started, busy) = (Instant::now(), machine_busy_seconds());
-        self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
-        let (seconds, _) = self.time_until("bench_native", &goal, started, None);
-        self.print_catch_up_cpu("native", seconds, busy, None);
-        self.record(figures, "catch_up", "native", changes / seconds, "changes/s", seconds);
+        self.native_catch_up(figures, "catch_up", changes, &goal);
     }
 
     /// Parallel apply (`[apply] parallel = lanes`) on a second backlog like the first, then
@@ -170,20 +159,29 @@ impl Stream<'_> {
         assert!(text.contains("[apply]\n"), "the pipeline has no [apply] section");
         std::fs::write(&pipeline, text.replace("[apply]\n", &format!("[apply]\nparallel = {lanes}\n"))).unwrap();
 
+        self.switchyard_catch_up(figures, "catch_up_lanes", &pipeline, changes, &goal);
+        self.native_catch_up(figures, "catch_up_lanes", changes, &goal);
+    }
+
+    /// Switchyard run on `pipeline` until its slot reached `goal`: `figure`, its CPU and peak RSS.
+    fn switchyard_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, pipeline: &Path, changes: f64, goal: &str) {
         let (started, busy) = (Instant::now(), machine_busy_seconds());
-        let mut run = self.start_switchyard_with(&pipeline);
-        let (seconds, peak) = self.time_until("switchyard_tenantize", &goal, started, Some(&mut run));
+        let mut run = self.start_switchyard_with(pipeline);
+        let (seconds, peak) = self.time_until("switchyard_tenantize", goal, started, Some(&mut run));
         self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
-        self.record(figures, "catch_up_lanes", "switchyard", changes / seconds, "changes/s", seconds);
-        figures.push(Figure { figure: "peak_rss_catch_up_lanes".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
+        self.record(figures, figure, "switchyard", changes / seconds, "changes/s", seconds);
+        figures.push(Figure { figure: format!("peak_rss_{figure}"), tool: "switchyard", value: peak as f64, unit: "MiB" });
+    }
 
+    /// The native subscription enabled until its slot reached `goal`: `figure` and its CPU.
+    fn native_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, changes: f64, goal: &str) {
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
-        let (seconds, _) = self.time_until("bench_native", &goal, started, None);
+        let (seconds, _) = self.time_until("bench_native", goal, started, None);
         self.print_catch_up_cpu("native", seconds, busy, None);
-        self.record(figures, "catch_up_lanes", "native", changes / seconds, "changes/s", seconds);
+        self.record(figures, figure, "native", changes / seconds, "changes/s", seconds);
     }
 
     /// pgbench at `rate` tx/s for `seconds`, once per tool with the other paused (each first
