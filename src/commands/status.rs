@@ -130,15 +130,18 @@ pub async fn gather(file: &crate::config::PipelineFile) -> anyhow::Result<Status
             let pending = registry::deferred_indexes::pending(&target, &store).await.unwrap_or_default();
             status.indexes_set_aside = pending.iter().map(|i| format!("{} of {}", i.name, i.table)).collect();
             status.verification = store.load_verification(&target).await.ok().flatten();
-            let lanes = store.lanes(&target).await.unwrap_or_default();
-            status.apply_lanes = lanes.len() + 1;
-            status.apply_lanes_ahead = lanes
-                .iter()
-                .filter_map(|(lane, position)| match position {
-                    Some(switchyard_core::Position::Postgres(at)) if position > &record.applied => Some(format!("lane {lane} at {at}")),
-                    _ => None,
-                })
-                .collect();
+            // A checkpoint schema older than parallel apply has no lanes to show.
+            if let Some(Ok(lanes)) = match &record.applied {
+                Some(applied) => Some(store.lanes(&target, applied).await),
+                None => None,
+            } {
+                status.apply_lanes = lanes.lanes;
+                status.apply_lanes_ahead = lanes
+                    .ahead
+                    .iter()
+                    .map(|(lane, switchyard_core::Position::Postgres(at))| format!("lane {lane} at {at}"))
+                    .collect();
+            }
         }
         if !file.reversed {
             let record = store.load_cutover(&target).await?;

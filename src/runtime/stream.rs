@@ -90,7 +90,7 @@ pub(super) async fn follow(
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
     let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
-    let sink = LaneSink::open(&endpoints.target, target_client, store, file.apply.parallel, file.apply.as_replica, repairs_version).await?;
+    let sink = LaneSink::open(&endpoints.target, target_client, store, &start, file.apply.parallel, file.apply.as_replica, repairs_version).await?;
     tracing::info!(position = %start, "following the change stream");
     let verifier = touched
         .clone()

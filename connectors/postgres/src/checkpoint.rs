@@ -53,6 +53,16 @@ pub struct VerificationRecord {
     pub incremental_rows: i64,
 }
 
+/// Where parallel apply's lanes stand (see `CheckpointStore::lanes`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaneRecord {
+    /// Lanes the rows are for: the first (the pipeline's checkpoint) and one per row.
+    pub lanes: usize,
+    /// Lanes whose rows are past the checkpoint (a stop between lane commits), with the last
+    /// source commit each applied.
+    pub ahead: Vec<(i32, Position)>,
+}
+
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     schema: String,
@@ -347,12 +357,18 @@ impl CheckpointStore {
         format!("SELECT repairs_version FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
     }
 
-    /// Where each parallel apply lane after the first stands, by its own row: (lane, the last
-    /// source commit it applied, if any).
-    pub async fn lanes(&self, client: &impl GenericClient) -> Result<Vec<(i32, Option<Position>)>, ConnectorError> {
+    /// The parallel apply lanes as their rows left them, against `applied` (the pipeline's
+    /// checkpoint).
+    pub async fn lanes(&self, client: &impl GenericClient, applied: &Position) -> Result<LaneRecord, ConnectorError> {
         let sql = format!("SELECT lane, applied_position FROM {} WHERE pipeline = $1 ORDER BY lane", self.table("apply_lanes"));
         let rows = client.query(&sql, &[&self.pipeline]).await.context(|| "cannot read the apply lanes".into())?;
-        rows.into_iter().map(|row| Ok((row.get(0), decode_position(row.get(1))?))).collect()
+        let mut ahead = Vec::new();
+        for row in &rows {
+            if let Some(position) = decode_position(row.get(1))?.filter(|position| position > applied) {
+                ahead.push((row.get(0), position));
+            }
+        }
+        Ok(LaneRecord { lanes: rows.len() + 1, ahead })
     }
 
     /// Starts the rows of lanes 1 to `lanes - 1` afresh (none for one lane). Only while no lane

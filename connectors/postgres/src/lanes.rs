@@ -69,33 +69,28 @@ impl LaneReady {
 
 impl LaneSink {
     /// Opens the lanes on `first` (the pipeline's target connection) and, for `wanted > 1`, as
-    /// many more connections. If lanes were left ahead of the checkpoint, the run keeps their
-    /// number until they are passed; `wanted` takes effect on the next start.
+    /// many more connections. If lanes were left ahead of the checkpoint (`applied`), the run
+    /// keeps their number until they are passed; `wanted` takes effect on the next start.
     pub async fn open(
         target: &Endpoint,
         first: Client,
         store: &CheckpointStore,
+        applied: &Position,
         wanted: usize,
         as_replica: bool,
         repairs_version: i64,
     ) -> Result<LaneSink, ConnectorError> {
-        let applied = store.load(&first).await?.and_then(|record| record.applied);
-        let rows = store.lanes(&first).await?;
-        let ahead: HashMap<i32, Position> = rows
-            .iter()
-            .filter_map(|(lane, position)| position.clone().filter(|p| applied.as_ref().is_none_or(|applied| p > applied)).map(|p| (*lane, p)))
-            .collect();
-        let count = if ahead.is_empty() {
-            if rows.len() + 1 != wanted.max(1) {
-                store.reset_lanes(&first, wanted.max(1)).await?;
+        let record = store.lanes(&first, applied).await?;
+        let count = if record.ahead.is_empty() {
+            if record.lanes != wanted {
+                store.reset_lanes(&first, wanted).await?;
             }
-            wanted.max(1)
+            wanted
         } else {
-            let count = rows.len() + 1;
-            if count != wanted {
-                tracing::warn!(lanes = count, configured = wanted, "apply lanes are ahead of the checkpoint after a stop; applying with their number until they are passed, and with apply.parallel from the next start");
+            if record.lanes != wanted {
+                tracing::warn!(lanes = record.lanes, configured = wanted, "apply lanes are ahead of the checkpoint after a stop; applying with their number until they are passed, and with apply.parallel from the next start");
             }
-            count
+            record.lanes
         };
         let mut lanes = vec![PgSink::new(first, store.clone())];
         for lane in 1..count {
@@ -112,7 +107,7 @@ impl LaneSink {
         if count > 1 {
             tracing::info!(lanes = count, "applying over parallel lanes");
         }
-        let ahead = (0..count as i32).map(|lane| ahead.get(&lane).cloned()).collect();
+        let ahead = (0..count as i32).map(|lane| record.ahead.iter().find(|(ahead, _)| *ahead == lane).map(|(_, at)| at.clone())).collect();
         Ok(LaneSink { lanes, ahead })
     }
 

@@ -120,13 +120,8 @@ impl PgSink {
     /// Begins a target transaction holding the pipeline's lock (pipelined: one round trip).
     /// Returns the repairs version.
     pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
-        let lock = Lock { statement: self.planner.statement(&self.client, self.store.lock_sql()).await?, advance: None };
-        let locked = begin_and_lock(&self.client, &lock, self.store.pipeline()).await;
-        self.tx.open = true;
-        if locked.is_err() {
-            self.rollback().await;
-        }
-        locked
+        let lock = self.planner.statement(&self.client, self.store.lock_sql()).await?;
+        self.split().0.begin_locked(lock).await
     }
 
     /// Whether a target transaction is open (a source transaction applied in parts).
@@ -327,16 +322,23 @@ impl SinkWriter<'_> {
     /// fails with a conflict if a repair was recorded since this sink's batches were filtered
     /// (see `expect_repairs`).
     pub async fn begin_checked(&mut self, ready: &ReadyBatch) -> Result<(), ConnectorError> {
-        let lock = Lock { statement: ready.lock.clone(), advance: None };
-        self.tx.open = true;
-        let checked = match begin_and_lock(self.client, &lock, self.store.pipeline()).await {
-            Ok(version) => check_repairs(self.tx, version),
-            Err(error) => Err(error),
-        };
+        let version = self.begin_locked(ready.lock.clone()).await?;
+        let checked = check_repairs(self.tx, version);
         if checked.is_err() {
             self.rollback().await;
         }
         checked
+    }
+
+    /// Begins a target transaction holding the pipeline's lock (`lock`, pipelined: one round
+    /// trip); returns the repairs version. A failure rolls back.
+    async fn begin_locked(&mut self, lock: Statement) -> Result<i64, ConnectorError> {
+        let locked = begin_and_lock(self.client, &Lock { statement: lock, advance: None }, self.store.pipeline()).await;
+        self.tx.open = true;
+        if locked.is_err() {
+            self.rollback().await;
+        }
+        locked
     }
 
     /// Sends a readied batch of row changes, inside the open transaction or one it begins, and
