@@ -61,6 +61,9 @@ pub struct LaneRecord {
     /// Lanes whose rows are past the checkpoint (a stop between lane commits), with the last
     /// source commit each applied.
     pub ahead: Vec<(i32, Position)>,
+    /// How the batch those lanes applied was routed, as each of them recorded it (JSON, see
+    /// `LaneSink`): the next run routes the same transactions the same way.
+    pub ahead_routes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +101,7 @@ impl CheckpointStore {
         // DDL when the newest piece of the schema is there already.
         let current: bool = client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'routes' AND NOT attisdropped)",
                 &[&self.table("apply_lanes")],
             )
             .await
@@ -177,7 +180,8 @@ impl CheckpointStore {
                  applied_position text,
                  applied_commit_micros bigint,
                  updated_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (pipeline, lane));",
+                 PRIMARY KEY (pipeline, lane));
+             ALTER TABLE {apply_lanes} ADD COLUMN IF NOT EXISTS routes text;",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
@@ -309,7 +313,7 @@ impl CheckpointStore {
     pub fn advance_sql(&self) -> String {
         if self.lane.is_some() {
             return format!(
-                "UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now()
+                "UPDATE {} SET applied_position = $1, applied_commit_micros = $2, routes = $5, updated_at = now()
                   WHERE pipeline = $3 AND lane = $4 RETURNING 0::bigint",
                 self.table("apply_lanes")
             );
@@ -326,7 +330,7 @@ impl CheckpointStore {
     pub fn advance_params(&self, applied: &Position, commit_micros: i64) -> AdvanceParams {
         let Position::Postgres(lsn) = applied;
         let row = match self.lane {
-            Some(lane) => AdvanceRow::Lane(lane),
+            Some(lane) => AdvanceRow::Lane { lane, routes: None },
             None => AdvanceRow::Pipeline { lsn: lsn.to_string() },
         };
         AdvanceParams { position: applied.encode(), commit_micros, pipeline: self.pipeline.clone(), row }
@@ -360,15 +364,16 @@ impl CheckpointStore {
     /// The parallel apply lanes as their rows left them, against `applied` (the pipeline's
     /// checkpoint).
     pub async fn lanes(&self, client: &impl GenericClient, applied: &Position) -> Result<LaneRecord, ConnectorError> {
-        let sql = format!("SELECT lane, applied_position FROM {} WHERE pipeline = $1 ORDER BY lane", self.table("apply_lanes"));
+        let sql = format!("SELECT lane, applied_position, routes FROM {} WHERE pipeline = $1 ORDER BY lane", self.table("apply_lanes"));
         let rows = client.query(&sql, &[&self.pipeline]).await.context(|| "cannot read the apply lanes".into())?;
-        let mut ahead = Vec::new();
+        let (mut ahead, mut ahead_routes) = (Vec::new(), Vec::new());
         for row in &rows {
             if let Some(position) = decode_position(row.get(1))?.filter(|position| position > applied) {
                 ahead.push((row.get(0), position));
+                ahead_routes.extend(row.get::<_, Option<String>>(2));
             }
         }
-        Ok(LaneRecord { lanes: rows.len() + 1, ahead })
+        Ok(LaneRecord { lanes: rows.len() + 1, ahead, ahead_routes })
     }
 
     /// Starts the rows of lanes 1 to `lanes - 1` afresh (none for one lane). Only while no lane
@@ -561,15 +566,25 @@ pub struct AdvanceParams {
 enum AdvanceRow {
     /// The pipeline's checkpoint; the LSN forgets the repairs the stream has passed.
     Pipeline { lsn: String },
-    Lane(i32),
+    /// A lane's row, with how the batch was routed over the lanes (see `record_routes`).
+    Lane { lane: i32, routes: Option<String> },
 }
 
 impl AdvanceParams {
-    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
-        let last: &(dyn tokio_postgres::types::ToSql + Sync) = match &self.row {
-            AdvanceRow::Pipeline { lsn } => lsn,
-            AdvanceRow::Lane(lane) => lane,
-        };
-        [&self.position, &self.commit_micros, &self.pipeline, last]
+    pub fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&self.position, &self.commit_micros, &self.pipeline];
+        match &self.row {
+            AdvanceRow::Pipeline { lsn } => params.push(lsn),
+            AdvanceRow::Lane { lane, routes } => params.extend([lane as &(dyn tokio_postgres::types::ToSql + Sync), routes]),
+        }
+        params
+    }
+
+    /// For a lane's row: records how the batch's tables were routed over the lanes, so a run
+    /// after a stop between lane commits routes the same transactions the same way.
+    pub fn record_routes(&mut self, recorded: String) {
+        if let AdvanceRow::Lane { routes, .. } = &mut self.row {
+            *routes = Some(recorded);
+        }
     }
 }

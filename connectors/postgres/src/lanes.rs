@@ -12,7 +12,10 @@
 //! has committed. A crash between lane commits leaves some lanes' rows ahead of the checkpoint;
 //! the next run resumes from the checkpoint, applies one source transaction per batch until it
 //! has passed the furthest lane, and each lane skips the transactions its own row holds. So
-//! nothing is applied twice or lost.
+//! nothing is applied twice or lost. Each lane's row also records how its batch was routed
+//! (which tables went to lane 0 whole, and the key each other table was hashed by): until the
+//! lanes are passed, the next run routes by that record, not by the target as it finds it (a
+//! unique index added in between would otherwise move a table's rows to another lane).
 //!
 //! What it gives up: between a batch's lane commits, a reader of the target can see part of a
 //! source transaction (rows of one lane, not yet of another). The target is a committed prefix
@@ -23,12 +26,13 @@
 //! `as_replica`, under which the target checks none.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::future::join_all;
-use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Position};
+use serde::{Deserialize, Serialize};
+use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Position, TableId};
 use tokio_postgres::Client;
 
 use crate::checkpoint::CheckpointStore;
@@ -37,9 +41,54 @@ use crate::sink::{row_hash, ApplyPlan, PgSink, ReadyBatch, SinkPlanner, SinkWrit
 
 pub struct LaneSink {
     lanes: Vec<PgSink>,
+    ahead: Ahead,
+}
+
+/// What lanes left ahead of the checkpoint (a crash between lane commits) applied.
+struct Ahead {
     /// Per lane, the last source commit its own row says it applied, where that is past the
-    /// pipeline's checkpoint (a crash between lane commits): its share up to there is skipped.
-    ahead: Vec<Option<Position>>,
+    /// pipeline's checkpoint: its share up to there is skipped.
+    positions: Vec<Option<Position>>,
+    /// How the tables of the transactions up to there were routed, by the lanes' record.
+    routes: HashMap<TableId, Route>,
+}
+
+/// How a table's changes in a batch went over the lanes, as each lane records it (JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Route {
+    schema: String,
+    table: String,
+    /// Whole to lane 0 (the target ties its rows together).
+    ordered: bool,
+    /// Else, the target columns each row was hashed by.
+    key: Vec<String>,
+}
+
+impl Ahead {
+    /// The last source commit some lane applied past the checkpoint.
+    fn furthest(&self) -> Option<Position> {
+        self.positions.iter().flatten().cloned().reduce(|a, b| if b > a { b } else { a })
+    }
+
+    /// How `table` must be routed in a transaction committed at `position`: as recorded, where
+    /// some lane applied it already; else as the target is now (`ordered`, `plan`).
+    fn route(&self, table: &TableId, position: &Position, plan: &ApplyPlan, ordered: bool) -> Result<bool, ConnectorError> {
+        let Some(recorded) = self.routes.get(table).filter(|_| self.furthest().is_some_and(|furthest| *position <= furthest)) else {
+            return Ok(ordered);
+        };
+        if !recorded.ordered && recorded.key != plan.key_names() {
+            return Err(ConnectorError::config(format!(
+                "apply lanes applied part of the source transactions up to {} while target table {table} was \
+                 keyed by ({}); it is keyed by ({}) now, so this run cannot tell which lane holds which row. \
+                 Restore that key until the run has passed {}, then change it",
+                self.furthest().expect("furthest"),
+                recorded.key.join(", "),
+                plan.key_names().join(", "),
+                self.furthest().expect("furthest"),
+            )));
+        }
+        Ok(recorded.ordered)
+    }
 }
 
 /// A batch made ready for the lanes.
@@ -107,14 +156,20 @@ impl LaneSink {
         if count > 1 {
             tracing::info!(lanes = count, "applying over parallel lanes");
         }
-        let ahead = (0..count as i32).map(|lane| record.ahead.iter().find(|(ahead, _)| *ahead == lane).map(|(_, at)| at.clone())).collect();
-        Ok(LaneSink { lanes, ahead })
+        let positions = (0..count as i32).map(|lane| record.ahead.iter().find(|(ahead, _)| *ahead == lane).map(|(_, at)| at.clone())).collect();
+        let mut routes = HashMap::new();
+        for recorded in &record.ahead_routes {
+            let batch: Vec<Route> = serde_json::from_str(recorded)
+                .map_err(|error| ConnectorError::bug(format!("an apply lane's recorded routes are not readable ({error}): {recorded}")))?;
+            routes.extend(batch.into_iter().map(|route| (TableId::new(&route.schema, &route.table), route)));
+        }
+        Ok(LaneSink { lanes, ahead: Ahead { positions, routes } })
     }
 
     /// The last source commit some lane applied past the checkpoint: until the stream has
     /// passed it, each batch must hold one source transaction (lanes skip whole transactions).
     pub fn settling_until(&self) -> Option<Position> {
-        self.ahead.iter().flatten().cloned().reduce(|a, b| if b > a { b } else { a })
+        self.ahead.furthest()
     }
 
     /// Splits `batch` over the lanes and plans and encodes each share.
@@ -187,26 +242,29 @@ impl LaneSink {
 
 /// Splits `batch` over the lanes' planners: whole on lane 0 where it cannot be spread (see
 /// the module doc), else by row, skipping what a lane already applied (`ahead`).
-async fn ready_shares(
-    planners: &mut [SinkPlanner<'_>],
-    ahead: &[Option<Position>],
-    lane_zero_open: bool,
-    batch: ChangeBatch,
-) -> Result<LaneReady, ConnectorError> {
+async fn ready_shares(planners: &mut [SinkPlanner<'_>], ahead: &Ahead, lane_zero_open: bool, batch: ChangeBatch) -> Result<LaneReady, ConnectorError> {
     let count = planners.len();
     let spread = count > 1 && batch.commit.is_some() && !lane_zero_open && batch.changes.iter().all(spreadable);
     if !spread {
-        check_not_applied(ahead, &batch)?;
+        check_not_applied(&ahead.positions, &batch)?;
         return Ok(LaneReady::Whole(planners[0].ready(&batch).await?));
     }
     let ChangeBatch { begins_at, changes, commit } = batch;
+    let position = &commit.as_ref().expect("spread batches end a source transaction").position;
     let mut routes: HashMap<usize, (Arc<ApplyPlan>, bool)> = HashMap::new();
+    let mut recorded: BTreeMap<(String, String), Route> = BTreeMap::new();
     let mut shares: Vec<Vec<Change>> = vec![Vec::new(); count];
     for change in changes {
         let table = change.table().expect("row changes have a table");
         let (plan, ordered) = match routes.entry(Arc::as_ptr(table) as usize) {
             Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(new) => new.insert(planners[0].route(table).await?),
+            Entry::Vacant(new) => {
+                let (plan, ordered_now) = planners[0].route(table).await?;
+                let ordered = ahead.route(&table.id, position, &plan, ordered_now)?;
+                let (schema, name) = (table.id.schema.clone(), table.id.name.clone());
+                recorded.insert((schema.clone(), name.clone()), Route { schema, table: name, ordered, key: plan.key_names() });
+                new.insert((plan, ordered))
+            }
         };
         let lane = if *ordered { 0 } else { (row_hash(&change, plan) % count as u64) as usize };
         shares[lane].push(change);
@@ -216,16 +274,20 @@ async fn ready_shares(
         let changes = std::mem::take(&mut shares[0]);
         return Ok(LaneReady::Whole(planners[0].ready(&ChangeBatch { begins_at, changes, commit }).await?));
     }
-    let position = &commit.as_ref().expect("spread batches end a source transaction").position;
+    let recorded = serde_json::to_string(&recorded.into_values().collect::<Vec<_>>()).expect("routes serialize");
     let mut ready = Vec::with_capacity(count);
     for (lane, (planner, changes)) in planners.iter_mut().zip(shares).enumerate() {
-        let applied = ahead[lane].as_ref().is_some_and(|ahead| position <= ahead);
+        let applied = ahead.positions[lane].as_ref().is_some_and(|ahead| position <= ahead);
         if lane > 0 && (changes.is_empty() || applied) {
             ready.push(None);
             continue;
         }
         let share = ChangeBatch { begins_at: begins_at.clone(), changes, commit: commit.clone() };
-        ready.push(Some(planner.ready(&share).await?));
+        let mut share = planner.ready(&share).await?;
+        if lane > 0 {
+            share.record_routes(recorded.clone());
+        }
+        ready.push(Some(share));
     }
     Ok(LaneReady::Shares(ready))
 }
@@ -294,4 +356,39 @@ fn lanes_refused(lanes: usize, user: &str) -> ConnectorError {
 /// A row change that may go to a lane by its key: not a key change (it touches two keys).
 fn spreadable(change: &Change) -> bool {
     matches!(change, Change::Insert { .. } | Change::Delete { .. } | Change::Update { old_key: None, .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::Lsn;
+
+    fn ahead_at(lsn: u64, route: Route) -> Ahead {
+        let routes = HashMap::from([(TableId::new(&route.schema, &route.table), route)]);
+        Ahead { positions: vec![None, Some(Position::Postgres(Lsn(lsn)))], routes }
+    }
+
+    /// Up to the furthest lane, a table is routed as the lanes recorded it, whatever the target
+    /// says now; past it, as the target says. A table hashed by another key than the target's
+    /// now cannot be settled: the run stops, naming the key to restore.
+    #[test]
+    fn lanes_ahead_route_the_transactions_they_hold_by_their_record() {
+        let (table, plan) = crate::sink::tests::orders();
+        let hashed = Route { schema: "public".into(), table: "orders".into(), ordered: false, key: vec!["tenant_id".into(), "id".into()] };
+        let ahead = ahead_at(100, hashed.clone());
+        let at = |lsn| Position::Postgres(Lsn(lsn));
+        assert!(!ahead.route(&table.id, &at(90), &plan, true).unwrap(), "a table the lanes hashed went to lane 0 whole");
+        assert!(!ahead.route(&table.id, &at(100), &plan, true).unwrap());
+        assert!(ahead.route(&table.id, &at(101), &plan, true).unwrap(), "past the lanes, the target's ties count");
+        assert!(!ahead.route(&TableId::new("public", "users"), &at(90), &plan, false).unwrap());
+
+        let ordered = ahead_at(100, Route { ordered: true, key: Vec::new(), ..hashed.clone() });
+        assert!(ordered.route(&table.id, &at(90), &plan, false).unwrap(), "a table the lanes sent to lane 0 was spread");
+
+        let rekeyed = ahead_at(100, Route { key: vec!["id".into()], ..hashed });
+        let error = rekeyed.route(&table.id, &at(90), &plan, false).unwrap_err().to_string();
+        assert!(error.contains("target table public.orders was keyed by (id); it is keyed by (tenant_id, id) now"), "{error}");
+        assert!(error.contains("Restore that key until the run has passed"), "{error}");
+        assert!(rekeyed.route(&table.id, &at(101), &plan, false).is_ok());
+    }
 }

@@ -88,6 +88,13 @@ impl ReadyBatch {
     pub fn alters_tables(&self) -> bool {
         matches!(self.body, ReadyBody::Mixed(_))
     }
+
+    /// A lane's share: records, with the lane's advance, how the batch was routed.
+    pub fn record_routes(&mut self, routes: String) {
+        if let Some((_, params)) = &mut self.advance {
+            params.record_routes(routes);
+        }
+    }
 }
 
 /// How a shaped table's columns land in its target table.
@@ -99,6 +106,13 @@ pub struct ApplyPlan {
     column_names: Vec<String>,
     /// Shaped column indices that identify a row on the target.
     key: Vec<usize>,
+}
+
+impl ApplyPlan {
+    /// The target columns that identify a row (what `row_hash` hashes).
+    pub fn key_names(&self) -> Vec<String> {
+        self.key.iter().map(|&k| self.column_names[k].clone()).collect()
+    }
 }
 
 impl PgSink {
@@ -597,7 +611,7 @@ fn is_row_change(change: &Change) -> bool {
 /// `BEGIN` and the pipeline's lock, pipelined; the repairs version.
 async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<i64, ConnectorError> {
     let params: Vec<&(dyn ToSql + Sync)> = match &lock.advance {
-        Some(advance) => advance.params().to_vec(),
+        Some(advance) => advance.params(),
         None => vec![&pipeline],
     };
     // Deferrable foreign keys are checked at commit, so grouping may reorder across them.
@@ -880,11 +894,12 @@ fn one_by_one(table: &TableId, learn: bool) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchyard_core::Column;
 
-    fn orders() -> (Arc<TableSchema>, ApplyPlan) {
+    /// The multi-tenant orders table, keyed by (tenant_id, id), and its apply plan.
+    pub(crate) fn orders() -> (Arc<TableSchema>, ApplyPlan) {
         let column = |name: &str| Column { name: name.into(), type_name: "text".into(), type_oid: 25, nullable: false, default: None };
         let table = Arc::new(TableSchema {
             id: TableId::new("public", "orders"),
