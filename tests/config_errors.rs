@@ -94,3 +94,45 @@ fn check_names_wal_level_and_missing_privileges() {
     assert_eq!(target.psql("app", "SELECT to_regnamespace('switchyard') IS NULL"), "t", "the checkpoint schema was created");
     assert_eq!(source.psql("app", "SELECT count(*) FROM pg_publication"), "0", "a publication was created");
 }
+
+/// A standby on either side is refused, by `check` and by `run` before anything is written:
+/// Switchyard creates its publication and slot on the source and writes to the target.
+#[test]
+fn a_standby_on_either_side_is_refused_before_anything_is_written() {
+    let primary = PgCluster::start();
+    primary.create_database("app");
+    primary.create_database("shadow");
+    primary.psql("app", "CREATE TABLE t (id int PRIMARY KEY)");
+    primary.psql("shadow", "CREATE TABLE t (id int PRIMARY KEY)");
+    let standby = primary.start_standby();
+    assert_eq!(standby.psql("app", "SELECT pg_is_in_recovery()"), "t");
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |source: &PgCluster, target: &PgCluster, target_database: &str| {
+        let path = dir.path().join(format!("p{}.toml", source.port()));
+        let (source_url, target_url) = (source.url("app"), target.url(target_database));
+        std::fs::write(
+            &path,
+            format!("[pipeline]\nname = \"p\"\n[source]\ntype = \"postgres\"\nurl = \"{source_url}\"\ntables = [\"t\"]\n[target]\ntype = \"postgres\"\nurl = \"{target_url}\"\n"),
+        )
+        .unwrap();
+        path
+    };
+
+    let from_standby = pipeline(&standby, &primary, "shadow");
+    let (status, text) = switchyard(&["check"], &from_standby);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains(&format!("source: standby: the source postgres://postgres@127.0.0.1:{}/app is a standby (in recovery)", standby.port())), "{text}");
+    assert!(text.contains("Point the source URL at the primary"), "{text}");
+    let (status, text) = switchyard(&["run"], &from_standby);
+    assert!(!status.success() && text.contains("the source") && text.contains("is a standby (in recovery)"), "{text}");
+    assert_eq!(primary.psql("shadow", "SELECT to_regnamespace('switchyard') IS NULL"), "t", "the checkpoint schema was created");
+
+    let into_standby = pipeline(&primary, &standby, "shadow");
+    let (status, text) = switchyard(&["check"], &into_standby);
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("target: standby: the target") && text.contains("Point the target URL at the primary"), "{text}");
+    let (status, text) = switchyard(&["run"], &into_standby);
+    assert!(!status.success() && text.contains("is a standby (in recovery)"), "{text}");
+    assert_eq!(primary.psql("app", "SELECT count(*) FROM pg_publication"), "0", "a publication was created");
+    assert_eq!(primary.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'"), "0", "a slot was created");
+}

@@ -75,6 +75,13 @@ pub async fn check_file(file: &PipelineFile) -> (Vec<Problem>, Vec<Problem>) {
             None
         }
     };
+    for (side, client, endpoint) in [("source", &source, &endpoints.source), ("target", &target, &endpoints.target)] {
+        if let Some(client) = client {
+            if let Err(e) = registry::refuse_standby(client, endpoint, side).await {
+                problems.push(Problem::new(format!("{side}: standby"), e.to_string()));
+            }
+        }
+    }
     let mut tables = Vec::new();
     if let Some(source) = &source {
         match check_source(file, source, endpoints.source.user(), &mut problems).await {

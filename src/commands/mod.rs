@@ -51,7 +51,13 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
     let file = file.clone();
     let endpoints = registry::endpoints(&file)?;
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
-    // Refused before the controller or the pipeline writes anything.
+    // Refused before the controller or the pipeline writes anything. A side that cannot be
+    // reached yet is left to the pipeline, which waits for it.
+    for (side, endpoint) in [("source", &endpoints.source), ("target", &endpoints.target)] {
+        if let Ok(client) = endpoint.connect().await {
+            registry::refuse_standby(&client, endpoint, side).await?;
+        }
+    }
     if file.apply.parallel > 1 {
         let target = endpoints.target.connect().await?;
         registry::check_lanes_allowed(&target, endpoints.target.user(), file.apply.parallel).await?;

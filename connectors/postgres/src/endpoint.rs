@@ -90,6 +90,25 @@ impl Endpoint {
 }
 
 /// Replaces the password of a URL's user-info part with `****`.
+/// Fails, naming the fix, if the server `client` is on is a standby (in recovery): Switchyard
+/// writes to both sides (the source gets its publication and slot, the target the rows, and
+/// after a cutover the two trade places), so each must be a primary.
+pub async fn refuse_standby(client: &Client, endpoint: &Endpoint, side: &str) -> Result<(), ConnectorError> {
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .context(|| format!("cannot ask the {side} whether it is a standby"))?
+        .get(0);
+    if in_recovery {
+        return Err(ConnectorError::config(format!(
+            "the {side} {} is a standby (in recovery): Switchyard needs the primary, where it creates its \
+             publication and replication slot, and writes. Point the {side} URL at the primary",
+            endpoint.shown()
+        )));
+    }
+    Ok(())
+}
+
 /// Sets `session_replication_role = replica` on a target session, as PostgreSQL's own logical
 /// replication does: foreign key checks and ordinary triggers do not fire for the rows it
 /// writes, which the source already checked. It takes superuser (or, on PostgreSQL 15+,

@@ -162,6 +162,51 @@ impl PgCluster {
         cluster
     }
 
+    /// Start a hot standby of this cluster: a base backup streaming from it, with the
+    /// default options on its own port and directory.
+    pub fn start_standby(&self) -> PgCluster {
+        let root = make_root_dir(self.run_as);
+        let data_dir = root.path().join("data");
+        let socket_dir = root.path().join("sock");
+        mkdir(&socket_dir, 0o755, self.run_as);
+        let mut standby = PgCluster {
+            port: 0,
+            log_file: data_dir.join("server.log"),
+            data_dir,
+            socket_dir,
+            ca_cert: None,
+            bin_dir: self.bin_dir.clone(),
+            run_as: self.run_as,
+            password_auth: false,
+            tls_only: false,
+            root,
+        };
+        let port = self.port.to_string();
+        let out = standby.run_server_tool(
+            "pg_basebackup",
+            [
+                OsStr::new("-D"),
+                standby.data_dir.as_os_str(),
+                OsStr::new("-h"),
+                self.socket_dir.as_os_str(),
+                OsStr::new("-p"),
+                OsStr::new(&port),
+                OsStr::new("-U"),
+                OsStr::new("postgres"),
+                OsStr::new("--write-recovery-conf"),
+                OsStr::new("--checkpoint=fast"),
+                OsStr::new("--no-sync"),
+            ],
+        );
+        if !out.status.success() {
+            standby.fail("pg_basebackup", Some(&out), 0);
+        }
+        // The primary's log came with the backup.
+        let _ = fs::remove_file(&standby.log_file);
+        standby.first_start(&PgOptions::default());
+        standby
+    }
+
     /// TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
