@@ -25,9 +25,10 @@ deps:
 	@cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >/dev/null 2>&1 || echo "warning: clippy unavailable; make lint will be skipped"
 	@echo "deps ok: $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$( (/usr/sbin/pgbouncer --version || pgbouncer --version) 2>/dev/null | head -1), $$(cargo --version)"
 
-## deps-bench: the peers the benchmark compares against (pgcopydb).
+## deps-bench: the peers the benchmark compares against (pgcopydb), and perf for --profile.
 deps-bench: deps
 	@command -v pgcopydb >/dev/null || $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgcopydb >/dev/null
+	@command -v perf >/dev/null || $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 
 ## bench: Switchyard vs pgcopydb, native logical replication, pg_dump and bare COPY (BENCH_SCALE=1).
 BENCH_SCALE ?= 1

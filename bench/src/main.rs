@@ -11,8 +11,11 @@
 //! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60; 0 leaves lag out), `--rates 1000,2000`,
 //! `--lanes N` (2; the catch-up again with `[apply] parallel = N` on a second backlog, 1: not);
 //! `--skip-peers` leaves out the snapshot peers that the stream figures do not need (for quick
-//! iterations; a full run is what counts), `--skip-stream` the catch-up and lag figures.
+//! iterations; a full run is what counts), `--skip-stream` the catch-up and lag figures;
+//! `--profile` records each catch-up with perf and prints where each process's time went
+//! (see profile.rs; a profiled run's timings are perturbed by the sampling).
 
+mod profile;
 mod session;
 mod stream;
 
@@ -126,6 +129,7 @@ fn main() {
     let lanes: usize = arg("--lanes").map(|s| s.parse().expect("--lanes takes a whole number")).unwrap_or(2);
     let skip_peers = std::env::args().any(|a| a == "--skip-peers");
     let skip_stream = std::env::args().any(|a| a == "--skip-stream");
+    let profile = std::env::args().any(|a| a == "--profile");
     let switchyard = release_binary();
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     // Shared buffers sized as a production server's would be, to hold the working set (the
@@ -441,6 +445,7 @@ fn main() {
         dir: &dir,
         users,
         orders,
+        profile,
     };
     if !skip_stream {
         stream.catch_up(&mut figures, scale * 100_000);

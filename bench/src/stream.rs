@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
 
+use crate::profile;
 use crate::session::Session;
 use crate::{kill, rss_mib, Figure};
 
@@ -55,6 +56,8 @@ pub struct Stream<'a> {
     pub dir: &'a Path,
     pub users: u64,
     pub orders: u64,
+    /// Records each catch-up with perf and prints where its processes spent their time.
+    pub profile: bool,
 }
 
 impl Stream<'_> {
@@ -165,10 +168,14 @@ impl Stream<'_> {
 
     /// Switchyard run on `pipeline` until its slot reached `goal`: `figure`, its CPU and peak RSS.
     fn switchyard_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, pipeline: &Path, changes: f64, goal: &str) {
+        let recording = if self.profile { profile::start(self.dir, figure) } else { None };
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard_with(pipeline);
         let (seconds, peak) = self.time_until("switchyard_tenantize", goal, started, Some(&mut run));
         self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
+        if let Some(recording) = recording {
+            recording.finish("switchyard", &self.consumer_pids("switchyard", Some(run.id())));
+        }
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
         self.record(figures, figure, "switchyard", changes / seconds, "changes/s", seconds);
@@ -177,10 +184,14 @@ impl Stream<'_> {
 
     /// The native subscription enabled until its slot reached `goal`: `figure` and its CPU.
     fn native_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, changes: f64, goal: &str) {
+        let recording = if self.profile { profile::start(self.dir, figure) } else { None };
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
         let (seconds, _) = self.time_until("bench_native", goal, started, None);
         self.print_catch_up_cpu("native", seconds, busy, None);
+        if let Some(recording) = recording {
+            recording.finish("native", &self.consumer_pids("native", None));
+        }
         self.record(figures, figure, "native", changes / seconds, "changes/s", seconds);
     }
 
