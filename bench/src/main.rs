@@ -19,6 +19,7 @@ mod profile;
 mod session;
 mod stream;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,6 +91,28 @@ fn warm_wal(target: &PgCluster, scale: u64) {
             "CREATE TABLE wal_warmup AS SELECT g, repeat('x', 100) AS filler FROM generate_series(1, {}) g;
              DROP TABLE wal_warmup; CHECKPOINT;",
             scale.min(4) * 2_000_000
+        ),
+    );
+}
+
+/// Touches every page of the target's shared buffers once. A fresh server's shared memory is
+/// mapped but not yet backed: the first tool to fill the buffers paid the kernel for faulting
+/// in and zeroing each page (a fifth of the target's CPU in Switchyard's copy, which runs
+/// first), the tools after it did not.
+fn warm_buffers(target: &PgCluster) {
+    let pages: i64 = target.psql("postgres", "SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'").parse().unwrap();
+    // Four rows of 2,000 uncompressed bytes to a page; read in with pg_prewarm, which (unlike a
+    // scan) does not recycle a small ring of buffers.
+    target.psql(
+        "postgres",
+        &format!(
+            "CREATE EXTENSION IF NOT EXISTS pg_prewarm;
+             CREATE TABLE buffers_warmup (filler text);
+             ALTER TABLE buffers_warmup ALTER COLUMN filler SET STORAGE PLAIN;
+             INSERT INTO buffers_warmup SELECT repeat('x', 2000) FROM generate_series(1, {});
+             SELECT pg_prewarm('buffers_warmup', 'buffer');
+             DROP TABLE buffers_warmup; DROP EXTENSION pg_prewarm; CHECKPOINT;",
+            pages * 4 + 4096
         ),
     );
 }
@@ -172,6 +195,7 @@ fn main() {
     };
 
     warm_wal(&target, scale);
+    warm_buffers(&target);
 
     // Switchyard: through the tenantize transform into the multi-tenant schema.
     target.create_database("switchyard");
@@ -182,6 +206,7 @@ fn main() {
     // The peers' copies and the bare COPYs get the same parallelism as Switchyard's.
     let jobs = copy_parallelism(&pipeline);
     settle(&source, &target);
+    let recording = if profile { profile::start(&dir, "snapshot") } else { None };
     let started = Instant::now();
     let mut run = Command::new(&switchyard)
         .args(["run"])
@@ -195,12 +220,22 @@ fn main() {
     let pid = run.id();
     let mut peak_rss = 0;
     let mut session = session::Session::open(&target, "switchyard");
+    // Under --profile, the backends that served the copy, seen while they lived.
+    let mut copy_backends = recording.as_ref().map(|_| (session::Session::open(&source, "app"), BTreeSet::new(), BTreeSet::new()));
     while session.query("SELECT phase FROM switchyard.pipelines") != "streaming" {
         peak_rss = peak_rss.max(rss_mib(pid));
         assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
+        if let Some((source_session, on_source, on_target)) = &mut copy_backends {
+            on_source.extend(switchyard_backends(source_session));
+            on_target.extend(switchyard_backends(&mut session));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     record("snapshot", "switchyard", started.elapsed().as_secs_f64());
+    if let (Some(recording), Some((_, on_source, on_target))) = (recording, copy_backends) {
+        let groups = [("source", on_source.into_iter().collect()), ("target", on_target.into_iter().collect()), ("switchyard", vec![pid])];
+        recording.finish("snapshot", "switchyard", &groups, profile::SNAPSHOT_TARGET);
+    }
     peak_rss = peak_rss.max(rss_mib(pid));
     println!("figure=peak_rss_snapshot tool=switchyard mib={peak_rss}");
 
@@ -460,6 +495,18 @@ fn main() {
     figures.push(Figure { figure: "peak_rss_snapshot".into(), tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
     figures.push(Figure { figure: "incremental".into(), tool: "switchyard", value: incremental_share, unit: "% rows of full" });
     report(&figures, scale);
+}
+
+/// Backends serving Switchyard on the session's server, with the parallel workers they lead.
+fn switchyard_backends(session: &mut session::Session) -> Vec<u32> {
+    session
+        .query(
+            "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE application_name = 'switchyard'
+                OR leader_pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = 'switchyard')",
+        )
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
 }
 
 fn report(figures: &[Figure], scale: u64) {

@@ -174,7 +174,7 @@ impl Stream<'_> {
         let (seconds, peak) = self.time_until("switchyard_tenantize", goal, started, Some(&mut run));
         self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
         if let Some(recording) = recording {
-            recording.finish("switchyard", &self.consumer_pids("switchyard", Some(run.id())));
+            recording.finish(figure, "switchyard", &self.consumer_pids("switchyard", Some(run.id())), profile::CATCH_UP_TARGET);
         }
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
@@ -190,7 +190,7 @@ impl Stream<'_> {
         let (seconds, _) = self.time_until("bench_native", goal, started, None);
         self.print_catch_up_cpu("native", seconds, busy, None);
         if let Some(recording) = recording {
-            recording.finish("native", &self.consumer_pids("native", None));
+            recording.finish(figure, "native", &self.consumer_pids("native", None), profile::CATCH_UP_TARGET);
         }
         self.record(figures, figure, "native", changes / seconds, "changes/s", seconds);
     }
