@@ -210,6 +210,18 @@ impl Stream<'_> {
             };
             let goal = self.source.psql("app", "SELECT pg_current_wal_insert_lsn()");
             self.time_until(slot, &goal, Instant::now(), run.as_mut());
+            // Caught up can be seen before the consumer has even connected (nothing was
+            // behind): the load starts once its one walsender streams, or the first samples
+            // would time its start-up, and the CPU shares an earlier run's walsender.
+            let mut sampler = Session::open(self.source, "app");
+            let streaming =
+                format!("SELECT count(*) = 1 AND bool_and(state = 'streaming') FROM pg_stat_replication WHERE application_name = '{application}'");
+            while sampler.query(&streaming) != "t" {
+                if let Some(child) = run.as_mut() {
+                    assert!(child.try_wait().unwrap().is_none(), "{tool} exited before it streamed");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             // Where the CPU goes while it streams: the consumer's processes against the machine's.
             let consumers = self.consumer_pids(tool, run.as_ref().map(|r| r.id()));
             let cpu_before = (consumers.iter().map(|(_, pids)| cpu_of(pids)).collect::<Vec<_>>(), machine_busy_seconds());
@@ -217,7 +229,6 @@ impl Stream<'_> {
             let before = changes_so_far(self.source);
             let mut samples = Vec::new();
             let mut peak = 0;
-            let mut sampler = Session::open(self.source, "app");
             let started = Instant::now();
             while load.try_wait().unwrap().is_none() {
                 let lag = sampler.query(&format!(
