@@ -206,7 +206,7 @@ fn main() {
     // The peers' copies and the bare COPYs get the same parallelism as Switchyard's.
     let jobs = copy_parallelism(&pipeline);
     settle(&source, &target);
-    let recording = if profile { profile::start(&dir, "snapshot") } else { None };
+    let recording = profile::start(profile, &dir, "snapshot");
     let started = Instant::now();
     let mut run = Command::new(&switchyard)
         .args(["run"])

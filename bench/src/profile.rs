@@ -36,8 +36,12 @@ pub struct Recording {
     data: PathBuf,
 }
 
-/// Starts recording, or says why it cannot (perf is `make deps-bench`'s linux-perf).
-pub fn start(dir: &Path, tag: &str) -> Option<Recording> {
+/// Starts recording if `enabled` (`--profile`), or says why it cannot (perf is `make
+/// deps-bench`'s linux-perf).
+pub fn start(enabled: bool, dir: &Path, tag: &str) -> Option<Recording> {
+    if !enabled {
+        return None;
+    }
     let data = dir.join(format!("perf-{tag}.data"));
     let perf = Command::new("perf")
         .args(["record", "-a", "-F", "499", "-o"])

@@ -168,7 +168,7 @@ impl Stream<'_> {
 
     /// Switchyard run on `pipeline` until its slot reached `goal`: `figure`, its CPU and peak RSS.
     fn switchyard_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, pipeline: &Path, changes: f64, goal: &str) {
-        let recording = if self.profile { profile::start(self.dir, figure) } else { None };
+        let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard_with(pipeline);
         let (seconds, peak) = self.time_until("switchyard_tenantize", goal, started, Some(&mut run));
@@ -184,7 +184,7 @@ impl Stream<'_> {
 
     /// The native subscription enabled until its slot reached `goal`: `figure` and its CPU.
     fn native_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, changes: f64, goal: &str) {
-        let recording = if self.profile { profile::start(self.dir, figure) } else { None };
+        let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
         let (seconds, _) = self.time_until("bench_native", goal, started, None);

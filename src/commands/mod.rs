@@ -53,14 +53,17 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
     // Refused before the controller or the pipeline writes anything. A side that cannot be
     // reached yet is left to the pipeline, which waits for it.
-    for (side, endpoint) in [("source", &endpoints.source), ("target", &endpoints.target)] {
-        if let Ok(client) = endpoint.connect().await {
-            registry::refuse_standby(&client, endpoint, side).await?;
-        }
+    if let Ok(source) = endpoints.source.connect().await {
+        registry::refuse_standby(&source, &endpoints.source, "source").await?;
     }
-    if file.apply.parallel > 1 {
-        let target = endpoints.target.connect().await?;
-        registry::check_lanes_allowed(&target, endpoints.target.user(), file.apply.parallel).await?;
+    match endpoints.target.connect().await {
+        Ok(target) => {
+            registry::refuse_standby(&target, &endpoints.target, "target").await?;
+            registry::check_lanes_allowed(&target, endpoints.target.user(), file.apply.parallel).await?;
+        }
+        // Lanes are checked before anything is written, or not at all.
+        Err(error) if file.apply.parallel > 1 => return Err(error.into()),
+        Err(_) => {}
     }
     let touched = file.verify.continuous.then(|| Touched::new(file.verify.continuous_chunk_rows));
     let (running_sender, running) = watch::channel(None);

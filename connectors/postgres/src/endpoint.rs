@@ -89,7 +89,6 @@ impl Endpoint {
     }
 }
 
-/// Replaces the password of a URL's user-info part with `****`.
 /// Fails, naming the fix, if the server `client` is on is a standby (in recovery): Switchyard
 /// writes to both sides (the source gets its publication and slot, the target the rows, and
 /// after a cutover the two trade places), so each must be a primary.
@@ -124,6 +123,7 @@ pub async fn act_as_replica(client: &Client, writing: &str) -> bool {
     }
 }
 
+/// Replaces the password of a URL's user-info part with `****`.
 pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };
     let rest = &url[scheme_end + 3..];

@@ -73,18 +73,16 @@ impl Ahead {
     /// How `table` must be routed in a transaction committed at `position`: as recorded, where
     /// some lane applied it already; else as the target is now (`ordered`, `plan`).
     fn route(&self, table: &TableId, position: &Position, plan: &ApplyPlan, ordered: bool) -> Result<bool, ConnectorError> {
-        let Some(recorded) = self.routes.get(table).filter(|_| self.furthest().is_some_and(|furthest| *position <= furthest)) else {
+        let (Some(furthest), Some(recorded)) = (self.furthest().filter(|furthest| position <= furthest), self.routes.get(table)) else {
             return Ok(ordered);
         };
         if !recorded.ordered && recorded.key != plan.key_names() {
             return Err(ConnectorError::config(format!(
-                "apply lanes applied part of the source transactions up to {} while target table {table} was \
+                "apply lanes applied part of the source transactions up to {furthest} while target table {table} was \
                  keyed by ({}); it is keyed by ({}) now, so this run cannot tell which lane holds which row. \
-                 Restore that key until the run has passed {}, then change it",
-                self.furthest().expect("furthest"),
+                 Restore that key until the run has passed {furthest}, then change it",
                 recorded.key.join(", "),
                 plan.key_names().join(", "),
-                self.furthest().expect("furthest"),
             )));
         }
         Ok(recorded.ordered)
@@ -252,7 +250,7 @@ async fn ready_shares(planners: &mut [SinkPlanner<'_>], ahead: &Ahead, lane_zero
     let ChangeBatch { begins_at, changes, commit } = batch;
     let position = &commit.as_ref().expect("spread batches end a source transaction").position;
     let mut routes: HashMap<usize, (Arc<ApplyPlan>, bool)> = HashMap::new();
-    let mut recorded: BTreeMap<(String, String), Route> = BTreeMap::new();
+    let mut recorded: BTreeMap<TableId, Route> = BTreeMap::new();
     let mut shares: Vec<Vec<Change>> = vec![Vec::new(); count];
     for change in changes {
         let table = change.table().expect("row changes have a table");
@@ -261,8 +259,8 @@ async fn ready_shares(planners: &mut [SinkPlanner<'_>], ahead: &Ahead, lane_zero
             Entry::Vacant(new) => {
                 let (plan, ordered_now) = planners[0].route(table).await?;
                 let ordered = ahead.route(&table.id, position, &plan, ordered_now)?;
-                let (schema, name) = (table.id.schema.clone(), table.id.name.clone());
-                recorded.insert((schema.clone(), name.clone()), Route { schema, table: name, ordered, key: plan.key_names() });
+                let route = Route { schema: table.id.schema.clone(), table: table.id.name.clone(), ordered, key: plan.key_names() };
+                recorded.insert(table.id.clone(), route);
                 new.insert((plan, ordered))
             }
         };
