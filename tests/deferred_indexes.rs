@@ -81,7 +81,9 @@ fn indexes_set_aside_for_the_copy_come_back_as_they_were() {
     );
     assert_eq!(pair.target.psql("app", "SELECT count(*) FROM switchyard.deferred_indexes"), "0");
     let log = process.log();
-    assert!(log.contains("building 4 indexes set aside for the copy"), "log:\n{log}");
+    for (table, indexes) in [("public.items", "2 indexes set aside for the copy: items_code_key, items_note_lower"), ("public.parts", "2 indexes set aside for the copy: Parts Label, parts_pkey")] {
+        assert!(log.lines().any(|l| l.contains(table) && l.contains(&format!("copied; building {indexes}"))), "{table}: {indexes}; log:\n{log}");
+    }
     for (table, columns) in [("items", "id, code, qty, note"), ("parts", "id, item_id, label"), ("kept", "id, v")] {
         let query = format!("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM (SELECT {columns} FROM {table} WHERE id > 0) t");
         assert_same_rows(table, &pair.source.psql("app", &query), &pair.target.psql("app", &query));
@@ -178,4 +180,49 @@ fn a_table_in_use_keeps_its_indexes_and_the_copy_goes_on() {
     assert_eq!(rebuilt(&oids, &index_oids(&pair.target)), ["Parts Label", "parts_pkey"], "only the free table's indexes were set aside");
     let query = "SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM (SELECT id, code FROM items) t";
     assert_same_rows("items", &pair.source.psql("app", query), &pair.target.psql("app", query));
+}
+
+/// A table's indexes are built as soon as its own chunks are in, while other tables are still
+/// being copied: here while another session holds up every copy into `parts`.
+#[test]
+fn a_tables_indexes_are_built_while_other_tables_are_still_copied() {
+    let pair = with_schemas();
+    pair.source.psql(
+        "app",
+        "INSERT INTO items SELECT g, 'code-' || g, g % 7 - 2, 'Note ' || g FROM generate_series(1, 20000) g;
+         INSERT INTO parts SELECT g, 1 + g % 20000, 'label ' || g FROM generate_series(1, 5000) g;",
+    );
+    let oids = index_oids(&pair.target);
+    // SHARE mode: a COPY into parts waits for it (and setting parts' indexes aside gives up).
+    let mut holder = std::process::Command::new(pair.target.bin("psql"))
+        .args(["-X", "-q", "-d", &pair.target.url("app")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut hold = holder.stdin.take().unwrap();
+    std::io::Write::write_all(&mut hold, b"BEGIN; LOCK TABLE parts IN SHARE MODE;\n").unwrap();
+    while pair.target.psql("app", "SELECT count(*) FROM pg_locks WHERE relation = 'parts'::regclass AND mode = 'ShareLock' AND granted") == "0" {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pipeline = pair.pipeline("overlap", &format!("{PIPELINE}[snapshot]\nchunk_rows = 2000\nparallel = 2\n"));
+    let mut process = Switchyard::run(&pipeline);
+    process.wait_for_log("items' indexes were not built while parts was held up", |log| {
+        log.contains("built index items_code_key") && log.contains("built index items_note_lower")
+    });
+    assert_eq!(
+        pair.target.psql("app", "SELECT count(*) > 0 FROM switchyard.snapshot_chunks WHERE source_table = 'parts' AND copied_at IS NULL"),
+        "t",
+        "parts' chunks were all copied before items' indexes were built"
+    );
+    assert_eq!(pair.target.psql("app", "SELECT count(*) FROM switchyard.deferred_indexes WHERE table_name = 'items'"), "0");
+    std::io::Write::write_all(&mut hold, b"COMMIT;\n").unwrap();
+    drop(hold);
+    assert!(holder.wait().unwrap().success());
+    pair.wait_caught_up("switchyard_overlap", &mut process);
+    assert_eq!(rebuilt(&oids, &index_oids(&pair.target)), ["items_code_key", "items_note_lower"], "parts was in use, so only items' were set aside");
+    for (table, columns) in [("items", "id, code, qty, note"), ("parts", "id, item_id, label")] {
+        let query = format!("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM (SELECT {columns} FROM {table}) t");
+        assert_same_rows(table, &pair.source.psql("app", &query), &pair.target.psql("app", &query));
+    }
 }

@@ -1,6 +1,7 @@
 //! The initial copy: planning chunks, copying them in parallel, resuming after a stop.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use super::{record_for, stopping, Pipeline, Shutdown};
 use crate::registry::{deferred_indexes, pg_catalog, slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Origin, Shaper, TablePlan};
 use futures_util::StreamExt;
+use tokio::sync::Notify;
 use switchyard_postgres::load::CopyFormat;
 use switchyard_postgres::{copy_binary, copy_text};
 
@@ -202,6 +204,8 @@ async fn copy(
     }
     let progress = Arc::new(CopyProgress::new(tables.iter().map(|t| (t.id.clone(), estimates.get(&t.id).copied().unwrap_or(0)))));
     let workers = file.snapshot.parallel.min(chunks.len()).max(1);
+    let chunks = largest_table_first(chunks, estimates);
+    let finishing = Arc::new(Finishing::new(chunks.iter().map(|chunk| plans[&chunk.table].1.target.id.clone())));
     let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
     let plans = Arc::new(plans);
     let mut handles = Vec::new();
@@ -214,6 +218,7 @@ async fn copy(
             at: at.clone(),
             queue: queue.clone(),
             plans: plans.clone(),
+            finishing: finishing.clone(),
             progress: progress.clone(),
             shutdown: shutdown.clone(),
         };
@@ -240,19 +245,43 @@ struct CopyJob {
     at: Position,
     queue: Arc<Mutex<VecDeque<ChunkRecord>>>,
     plans: Arc<HashMap<TableId, (Route, Arc<TablePlan>)>>,
+    finishing: Arc<Finishing>,
     progress: Arc<CopyProgress>,
     shutdown: Shutdown,
 }
 
 impl CopyJob {
     async fn run(self) -> anyhow::Result<()> {
+        let result = self.work().await;
+        if result.is_err() {
+            // The others stop waiting for this worker's chunks.
+            self.finishing.fail();
+        }
+        result
+    }
+
+    async fn work(&self) -> anyhow::Result<()> {
         let reader = SnapshotReader::open(&self.source, &self.snapshot).await?;
         let loader = BulkLoader::connect(&self.target, self.store.clone()).await?;
+        // For the indexes set aside: connected when this worker first builds one.
+        let mut index_client = None;
         loop {
             if stopping(&self.shutdown) {
                 return Ok(());
             }
-            let Some(chunk) = self.queue.lock().expect("queue lock").pop_front() else { return Ok(()) };
+            if let Some(index) = self.finishing.next_index() {
+                let client = connected(&mut index_client, &self.target).await?;
+                let started = Instant::now();
+                deferred_indexes::rebuild(client, &self.store, &index).await?;
+                tracing::info!(table = %index.table, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "built index {}", index.name);
+                continue;
+            }
+            let Some(chunk) = self.queue.lock().expect("queue lock").pop_front() else {
+                if self.finishing.more_to_come(&mut self.shutdown.clone()).await {
+                    continue;
+                }
+                return Ok(());
+            };
             let (route, plan) = self.plans.get(&chunk.table).context("chunk of an unplanned table")?;
             let key_column = &plan.source.columns[plan.source.key[0]].name;
             let range = chunk.range.map(|(lo, hi)| (key_column.as_str(), lo, hi));
@@ -289,8 +318,100 @@ impl CopyJob {
                 }
             };
             load.finish(&chunk, &self.at).await.with_context(|| format!("chunk {} of {}", chunk.chunk, chunk.table))?;
+            if self.finishing.chunk_copied(&plan.target.id) {
+                let client = connected(&mut index_client, &self.target).await?;
+                let indexes: Vec<_> =
+                    deferred_indexes::pending(client, &self.store).await?.into_iter().filter(|index| index.table == plan.target.id).collect();
+                if !indexes.is_empty() {
+                    let names: Vec<&str> = indexes.iter().map(|index| index.name.as_str()).collect();
+                    tracing::info!(table = %plan.target.id, "copied; building {} set aside for the copy: {}", plural(names.len(), "index", "indexes"), names.join(", "));
+                    self.finishing.add_indexes(indexes);
+                }
+            }
+            self.finishing.wake();
         }
     }
+}
+
+async fn connected<'a>(client: &'a mut Option<tokio_postgres::Client>, endpoint: &Endpoint) -> anyhow::Result<&'a mut tokio_postgres::Client> {
+    if client.is_none() {
+        *client = Some(endpoint.connect().await?);
+    }
+    Ok(client.as_mut().expect("connected above"))
+}
+
+/// The chunks of each target table still to copy, and the indexes set aside for tables whose
+/// chunks are all copied. A table's indexes are built as soon as its last chunk is in, while
+/// other workers copy other tables' chunks, rather than all of them after the whole copy; a
+/// worker out of chunks stays for the indexes of tables still being copied, so those are
+/// built in parallel too.
+struct Finishing {
+    chunks_left: Mutex<HashMap<TableId, usize>>,
+    indexes: Mutex<VecDeque<deferred_indexes::DeferredIndex>>,
+    failed: AtomicBool,
+    changed: Notify,
+}
+
+impl Finishing {
+    fn new(targets: impl Iterator<Item = TableId>) -> Self {
+        let mut chunks_left = HashMap::new();
+        for table in targets {
+            *chunks_left.entry(table).or_insert(0) += 1;
+        }
+        Finishing { chunks_left: Mutex::new(chunks_left), indexes: Mutex::new(VecDeque::new()), failed: AtomicBool::new(false), changed: Notify::new() }
+    }
+
+    /// For a worker with no chunk left to take: waits until another worker's chunk is in (it
+    /// may bring indexes to build) or the run stops; false once every chunk is in and every
+    /// index taken, or a worker failed.
+    async fn more_to_come(&self, shutdown: &mut Shutdown) -> bool {
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        // Enabled before looking, so a change made between the look and the wait still wakes it.
+        changed.as_mut().enable();
+        if !self.indexes.lock().expect("index queue lock").is_empty() {
+            return true;
+        }
+        if self.failed.load(Ordering::SeqCst) || self.chunks_left.lock().expect("chunk count lock").values().all(|&left| left == 0) {
+            return false;
+        }
+        tokio::select! {
+            _ = changed => true,
+            Ok(()) = shutdown.changed() => true,
+        }
+    }
+
+    fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Counts one chunk of `table` copied; true when it was the table's last.
+    fn chunk_copied(&self, table: &TableId) -> bool {
+        let mut chunks_left = self.chunks_left.lock().expect("chunk count lock");
+        let left = chunks_left.get_mut(table).expect("a chunk of a counted table");
+        *left -= 1;
+        *left == 0
+    }
+
+    fn add_indexes(&self, indexes: Vec<deferred_indexes::DeferredIndex>) {
+        self.indexes.lock().expect("index queue lock").extend(indexes);
+    }
+
+    fn next_index(&self) -> Option<deferred_indexes::DeferredIndex> {
+        self.indexes.lock().expect("index queue lock").pop_front()
+    }
+}
+
+/// The chunks of the tables with the most rows first: their indexes, built once their chunks
+/// are in, are the longest builds, and the smaller tables' chunks are copied meanwhile.
+fn largest_table_first(mut chunks: Vec<ChunkRecord>, estimates: &HashMap<TableId, i64>) -> Vec<ChunkRecord> {
+    chunks.sort_by_key(|chunk| std::cmp::Reverse(estimates.get(&chunk.table).copied().unwrap_or(0)));
+    chunks
 }
 
 /// Rows between progress updates on the pass-through route.
