@@ -8,12 +8,7 @@
 //! (against pgcopydb compare data's checksum query); the catch-up on a backlog (against native logical replication, with pg_recvlogical as the
 //! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
 //!
-//! `--scale S` (S×100k users, S×1M orders), `--lag-seconds N` (60; 0 leaves lag out), `--rates 1000,2000`,
-//! `--lanes N` (2; the catch-up again with `[apply] parallel = N` on a second backlog, 1: not);
-//! `--skip-peers` leaves out the snapshot peers that the stream figures do not need (for quick
-//! iterations; a full run is what counts), `--skip-stream` the catch-up and lag figures;
-//! `--profile` records each catch-up with perf and prints where each process's time went
-//! (see profile.rs; a profiled run's timings are perturbed by the sampling).
+//! Flags: `switchyard-bench --help` (the `Args` below); `--profile` is explained in profile.rs.
 
 mod profile;
 mod session;
@@ -137,22 +132,40 @@ pub fn pipeline_log() -> String {
     std::env::var("BENCH_SWITCHYARD_LOG").unwrap_or_else(|_| "warn".into())
 }
 
-fn arg(name: &str) -> Option<String> {
-    std::env::args().skip_while(|a| a != name).nth(1)
+/// Switchyard against the tools people would pick instead (pgcopydb, native logical
+/// replication, pg_dump, pg_recvlogical, bare COPY), on the same private clusters in one run.
+/// Prints one line per figure, a table with ratios, and the same as JSON under
+/// target/bench-reports/. Timings are noisy on a small machine: compare figures of one run.
+#[derive(clap::Parser)]
+#[command(name = "switchyard-bench")]
+struct Args {
+    /// Table sizes: S×100k users, S×1M orders.
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    scale: u64,
+    /// Seconds of steady load per rate for the lag figures; 0 leaves them out.
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    lag_seconds: u64,
+    /// The pgbench rates (transactions/s) the lag is measured at.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000", value_name = "TX_PER_S,...")]
+    rates: Vec<u64>,
+    /// The catch-up again with `[apply] parallel = N` on a second backlog; 1 leaves it out.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    lanes: usize,
+    /// Leave out the snapshot peers the stream figures do not need (quick iterations; a full
+    /// run is what counts).
+    #[arg(long)]
+    skip_peers: bool,
+    /// Leave out the catch-up and lag figures.
+    #[arg(long)]
+    skip_stream: bool,
+    /// Record Switchyard's copy and each catch-up with perf and print where each process's time
+    /// went (needs `make deps-bench`; the sampling perturbs that run's timings).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() {
-    let scale: u64 = arg("--scale").map(|s| s.parse().expect("--scale takes a whole number")).unwrap_or(1);
-    let lag_seconds: u64 = arg("--lag-seconds").map(|s| s.parse().expect("--lag-seconds takes a whole number")).unwrap_or(60);
-    let rates: Vec<u64> = arg("--rates")
-        .unwrap_or_else(|| "1000,2000".into())
-        .split(',')
-        .map(|r| r.trim().parse().expect("--rates takes numbers, e.g. 1000,2000"))
-        .collect();
-    let lanes: usize = arg("--lanes").map(|s| s.parse().expect("--lanes takes a whole number")).unwrap_or(2);
-    let skip_peers = std::env::args().any(|a| a == "--skip-peers");
-    let skip_stream = std::env::args().any(|a| a == "--skip-stream");
-    let profile = std::env::args().any(|a| a == "--profile");
+    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, profile } = clap::Parser::parse();
     let switchyard = release_binary();
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     // Shared buffers sized as a production server's would be, to hold the working set (the
