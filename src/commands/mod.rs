@@ -53,10 +53,11 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
     tracing::info!(pipeline = %file.pipeline.name, source = endpoints.source.shown(), target = endpoints.target.shown(), "starting");
     // Refused before the controller or the pipeline writes anything. A side that cannot be
     // reached yet is left to the pipeline, which waits for it.
-    if let Ok(source) = endpoints.source.connect().await {
+    let (source, target) = tokio::join!(endpoints.source.connect(), endpoints.target.connect());
+    if let Ok(source) = source {
         registry::refuse_standby(&source, &endpoints.source, "source").await?;
     }
-    match endpoints.target.connect().await {
+    match target {
         Ok(target) => {
             registry::refuse_standby(&target, &endpoints.target, "target").await?;
             registry::check_lanes_allowed(&target, endpoints.target.user(), file.apply.parallel).await?;

@@ -60,8 +60,8 @@ pub(crate) struct Pipeline<'a> {
 
 pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touched>) -> anyhow::Result<()> {
     let endpoints = registry::endpoints(file)?;
-    let source = endpoints.source.connect().await?;
-    let mut target = endpoints.target.connect().await?;
+    let (source, target) = tokio::join!(endpoints.source.connect(), endpoints.target.connect());
+    let (source, mut target) = (source?, target?);
     let store = registry::checkpoint_store(file);
     store.ensure(&target).await?;
     let tables = load_source_tables(&source, file).await?;
