@@ -85,3 +85,37 @@ fn survives_dropped_connections_under_load() {
     assert_tenantized_equal(&pair);
     assert!(process.log().contains("transient error; resuming from the checkpoint"), "no connection was dropped:\n{}", process.log());
 }
+
+/// The target server crashing, WAL still in its buffers lost, loses no change the slot was told
+/// is applied, even where the target commits asynchronously by default: the pipeline's own
+/// commits wait for the disk, so the slot is never ahead of what the target recovers.
+#[test]
+fn a_target_crash_loses_no_confirmed_change_when_the_target_commits_asynchronously() {
+    let source = PgCluster::start();
+    // synchronous_commit = off (the test clusters' default), and the WAL writer waking only
+    // every 10 s: an asynchronous commit stays in the server's buffers long enough for the
+    // crash below to take it.
+    let target = PgCluster::start_with(switchyard_testkit::PgOptions {
+        settings: vec![("synchronous_commit".into(), "off".into()), ("wal_writer_delay".into(), "10000ms".into())],
+        ..Default::default()
+    });
+    source.create_database("app");
+    target.create_database("app");
+    let pair = Pair { source, target, dir: tempfile::tempdir().unwrap() };
+    seed_schemas(&pair);
+    load_rows(&pair, 1_000, 5);
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    pair.source.psql("app", "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id % 50 = 0; DELETE FROM orders WHERE id % 97 = 0;");
+    // Confirmed to the slot: the source will not send these changes again.
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    pair.target.crash_restart();
+    // One change more, which the pipeline applies over a new connection, from its checkpoint.
+    pair.source.psql("app", "UPDATE users SET name = 'after the crash' WHERE id = 7");
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    let log = process.log();
+    assert!(log.contains("applying with synchronous_commit = on"), "log:\n{log}");
+    assert!(log.contains("transient error; resuming from the checkpoint"), "the crash was not seen:\n{log}");
+}

@@ -123,6 +123,21 @@ pub async fn act_as_replica(client: &Client, writing: &str) -> bool {
     }
 }
 
+/// Makes this session's commits durable before they return when the server's default would
+/// not (`synchronous_commit = off`): a source position is confirmed to the slot once the
+/// target transaction holding its changes commits, and the slot never gives those changes
+/// again, so that commit must survive a crash of the target. Stronger settings are kept.
+/// Returns whether it had to raise the setting.
+pub async fn commit_durably(client: &Client) -> Result<bool, ConnectorError> {
+    let setting: String =
+        client.query_one("SHOW synchronous_commit", &[]).await.context(|| "cannot read synchronous_commit".into())?.get(0);
+    if setting != "off" {
+        return Ok(false);
+    }
+    client.batch_execute("SET synchronous_commit = on").await.context(|| "cannot set synchronous_commit".into())?;
+    Ok(true)
+}
+
 /// Replaces the password of a URL's user-info part with `****`.
 pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };

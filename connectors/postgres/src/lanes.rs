@@ -36,7 +36,7 @@ use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Position, Tab
 use tokio_postgres::Client;
 
 use crate::checkpoint::CheckpointStore;
-use crate::endpoint::{act_as_replica, Endpoint};
+use crate::endpoint::{act_as_replica, commit_durably, Endpoint};
 use crate::sink::{row_hash, ApplyPlan, PgSink, ReadyBatch, SinkPlanner, SinkWriter};
 
 pub struct LaneSink {
@@ -142,6 +142,16 @@ impl LaneSink {
         let mut lanes = vec![PgSink::new(first, store.clone())];
         for lane in 1..count {
             lanes.push(PgSink::new(target.connect().await?, store.for_lane(lane as i32)));
+        }
+        let mut raised = false;
+        for sink in &lanes {
+            raised |= commit_durably(sink.client()).await?;
+        }
+        if raised {
+            tracing::info!(
+                "the target commits asynchronously by default (synchronous_commit = off): applying with synchronous_commit = on, \
+                 so that no position is confirmed to the source before the target has its changes on disk"
+            );
         }
         if as_replica || count > 1 {
             for sink in &lanes {

@@ -313,6 +313,16 @@ impl PgCluster {
 
     /// Stop (`-m fast`) and start again on the same port and directory.
     pub fn restart(&self) {
+        self.stop_and_start("fast");
+    }
+
+    /// Crash (`-m immediate`: the server's processes quit at once, and WAL still in its
+    /// buffers is lost, as in a power cut) and start again, recovering from the WAL on disk.
+    pub fn crash_restart(&self) {
+        self.stop_and_start("immediate");
+    }
+
+    fn stop_and_start(&self, mode: &str) {
         let out = self.run_server_tool(
             "pg_ctl",
             [
@@ -320,7 +330,7 @@ impl PgCluster {
                 OsStr::new("-D"),
                 self.data_dir.as_os_str(),
                 OsStr::new("-m"),
-                OsStr::new("fast"),
+                OsStr::new(mode),
                 OsStr::new("-w"),
                 OsStr::new("-t"),
                 OsStr::new("60"),
