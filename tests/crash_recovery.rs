@@ -119,3 +119,39 @@ fn a_target_crash_loses_no_confirmed_change_when_the_target_commits_asynchronous
     assert!(log.contains("applying with synchronous_commit = on"), "log:\n{log}");
     assert!(log.contains("transient error; resuming from the checkpoint"), "the crash was not seen:\n{log}");
 }
+
+/// The source server crashing while changes stream: its slot comes back from its last saved
+/// state, behind what was applied, and offers those transactions again; the pipeline resumes
+/// from its own checkpoint and applies none of them twice.
+#[test]
+fn a_source_crash_repeats_no_change() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 1_000, 5);
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    let confirmed = || pair.source.psql("app", "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = 'switchyard_tenantize'");
+    let mut went_back = 0;
+    for round in 0..4u64 {
+        let changes: String = (0..60).map(|n| switchyard_testkit::seed_statement(round + 20, n) + "\n").collect();
+        pair.source.psql("app", &changes);
+        if round % 2 == 0 {
+            // Applied and confirmed; the server saves a slot's confirmation to disk lazily.
+            pair.wait_caught_up("switchyard_tenantize", &mut process);
+        } else {
+            std::thread::sleep(Duration::from_millis(30 * round));
+        }
+        let before: u64 = confirmed().parse().unwrap();
+        pair.source.crash_restart();
+        let after: u64 = confirmed().parse().unwrap();
+        went_back += usize::from(after < before);
+        process.assert_running();
+    }
+    assert!(went_back >= 1, "no crash set the slot back behind what was applied, so nothing could have been offered twice");
+    pair.source.psql("app", "UPDATE users SET name = 'after the crashes' WHERE id = 7");
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    let log = process.log();
+    assert!(log.contains("transient error; resuming from the checkpoint"), "the crashes were not seen:\n{log}");
+}
