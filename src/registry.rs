@@ -11,7 +11,7 @@ pub use switchyard_postgres::lanes::{check_lanes_allowed, LaneSink};
 pub use switchyard_postgres::load::BulkLoader;
 pub use switchyard_postgres::slot;
 pub use switchyard_postgres::snapshot::{RowReader, SnapshotReader};
-pub use switchyard_postgres::endpoint::refuse_standby;
+pub use switchyard_postgres::endpoint::{commit_durably, refuse_standby};
 pub use switchyard_postgres::{Endpoint, PgSink, PgSource};
 
 /// The connections a pipeline file names. Only PostgreSQL exists so far; `config::validate`

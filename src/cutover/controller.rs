@@ -113,6 +113,9 @@ impl Controller {
     ) -> anyhow::Result<(Controller, watch::Receiver<Side>)> {
         let endpoints = registry::endpoints(file)?;
         let client = endpoints.target.connect().await?;
+        // The steps it records decide what a restarted controller does next; a crash of the
+        // shadow must not take back one that was acted on.
+        registry::commit_durably(&client).await?;
         let store = registry::checkpoint_store(file);
         store.ensure(&client).await?;
         let locked: bool = client
