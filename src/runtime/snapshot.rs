@@ -482,3 +482,78 @@ impl Route {
 fn strs(names: &[String]) -> Vec<&str> {
     names.iter().map(String::as_str).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::watch;
+
+    fn index(table: &TableId) -> deferred_indexes::DeferredIndex {
+        deferred_indexes::DeferredIndex { table: table.clone(), name: "i".into(), rebuild: String::new() }
+    }
+
+    /// A worker out of chunks, waiting on `finishing`, and what it was told.
+    fn waiting(finishing: &Arc<Finishing>) -> (tokio::task::JoinHandle<bool>, watch::Sender<bool>) {
+        let (stop, mut shutdown) = watch::channel(false);
+        let finishing = finishing.clone();
+        (tokio::spawn(async move { finishing.more_to_come(&mut shutdown).await }), stop)
+    }
+
+    /// Whether a worker that looks again is told to look once more (or still waits a second on).
+    async fn looks_again(finishing: &Finishing) -> bool {
+        let (_stop, mut shutdown) = watch::channel(false);
+        tokio::time::timeout(Duration::from_secs(1), finishing.more_to_come(&mut shutdown)).await.unwrap_or(true)
+    }
+
+    async fn still_waiting(handle: &tokio::task::JoinHandle<bool>) -> bool {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        !handle.is_finished()
+    }
+
+    #[tokio::test]
+    async fn a_worker_out_of_chunks_waits_for_indexes_and_leaves_when_all_is_done() {
+        let (items, parts) = (TableId::new("public", "items"), TableId::new("public", "parts"));
+        let finishing = Arc::new(Finishing::new([items.clone(), items.clone(), parts.clone()].into_iter()));
+        assert!(!finishing.chunk_copied(&items));
+        let (worker, _stop) = waiting(&finishing);
+        assert!(still_waiting(&worker).await, "left while items and parts were still being copied");
+        assert!(finishing.chunk_copied(&items), "items' last chunk");
+        finishing.add_indexes(vec![index(&items)]);
+        finishing.wake();
+        assert!(worker.await.unwrap(), "not woken for items' index");
+        assert_eq!(finishing.next_index().map(|i| i.table), Some(items));
+        let (worker, _stop) = waiting(&finishing);
+        assert!(still_waiting(&worker).await, "left while parts was still being copied");
+        assert!(finishing.chunk_copied(&parts));
+        finishing.wake();
+        worker.await.unwrap();
+        assert!(!looks_again(&finishing).await, "a worker stayed after every chunk was in and every index taken");
+    }
+
+    #[tokio::test]
+    async fn a_failed_worker_or_a_stop_releases_the_waiting_ones() {
+        let items = TableId::new("public", "items");
+        let finishing = Arc::new(Finishing::new([items.clone()].into_iter()));
+        let (worker, stop) = waiting(&finishing);
+        assert!(still_waiting(&worker).await);
+        stop.send(true).unwrap();
+        assert!(worker.await.unwrap(), "a stop wakes the worker, which then sees it and returns");
+        let (worker, _stop) = waiting(&finishing);
+        assert!(still_waiting(&worker).await);
+        finishing.fail();
+        worker.await.unwrap();
+        assert!(!looks_again(&finishing).await, "a worker waits for the chunk of one that failed");
+    }
+
+    #[test]
+    fn the_largest_tables_chunks_go_first_in_their_order() {
+        let chunk = |table: &str, chunk: i32| ChunkRecord { table: TableId::new("public", table), chunk, range: None, copied_at: None, rows: 0 };
+        let estimates = HashMap::from([(TableId::new("public", "small"), 10), (TableId::new("public", "large"), 1000)]);
+        let order: Vec<(String, i32)> = largest_table_first(vec![chunk("small", 0), chunk("large", 0), chunk("small", 1), chunk("large", 1)], &estimates)
+            .into_iter()
+            .map(|c| (c.table.name, c.chunk))
+            .collect();
+        assert_eq!(order, [("large".to_string(), 0), ("large".to_string(), 1), ("small".to_string(), 0), ("small".to_string(), 1)]);
+    }
+}
