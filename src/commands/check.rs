@@ -250,7 +250,7 @@ async fn check_target(
                 ));
             }
         }
-        if let Err(e) = switchyard_postgres::sink::plan_for(shaped, &info) {
+        if let Err(e) = switchyard_postgres::apply_sql::plan_for(shaped, &info) {
             problems.push(Problem::new(format!("target table {}", shaped.id), e.to_string()));
         }
     }

@@ -37,7 +37,8 @@ use tokio_postgres::Client;
 
 use crate::checkpoint::CheckpointStore;
 use crate::endpoint::{act_as_replica, commit_durably, Endpoint};
-use crate::sink::{row_hash, ApplyPlan, PgSink, ReadyBatch, SinkPlanner, SinkWriter};
+use crate::apply_sql::{row_hash, ApplyPlan};
+use crate::sink::{PgSink, ReadyBatch, SinkPlanner, SinkWriter};
 
 pub struct LaneSink {
     lanes: Vec<PgSink>,
@@ -381,7 +382,7 @@ mod tests {
     /// now cannot be settled: the run stops, naming the key to restore.
     #[test]
     fn lanes_ahead_route_the_transactions_they_hold_by_their_record() {
-        let (table, plan) = crate::sink::tests::orders();
+        let (table, plan) = crate::apply_sql::tests::orders();
         let hashed = Route { schema: "public".into(), table: "orders".into(), ordered: false, key: vec!["tenant_id".into(), "id".into()] };
         let ahead = ahead_at(100, hashed.clone());
         let at = |lsn| Position::Postgres(Lsn(lsn));

@@ -2,6 +2,7 @@
 //! copied with COPY under the slot's exported snapshot, and batched apply with the pipeline's
 //! checkpoint in the same target transaction.
 
+pub mod apply_sql;
 pub mod catalog;
 pub mod checkpoint;
 pub mod copy_binary;

@@ -17,12 +17,12 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use futures_util::future::try_join_all;
 use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Sink, TableId, TableSchema, Value};
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use crate::apply_sql::{self, plan_for, ApplyPlan, TextArray};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::{AdvanceParams, CheckpointStore};
 use crate::error::PgResultExt;
@@ -94,24 +94,6 @@ impl ReadyBatch {
         if let Some((_, params)) = &mut self.advance {
             params.record_routes(routes);
         }
-    }
-}
-
-/// How a shaped table's columns land in its target table.
-#[derive(Debug)]
-pub struct ApplyPlan {
-    target: TableId,
-    /// Target type per shaped column.
-    type_names: Vec<String>,
-    column_names: Vec<String>,
-    /// Shaped column indices that identify a row on the target.
-    key: Vec<usize>,
-}
-
-impl ApplyPlan {
-    /// The target columns that identify a row (what `row_hash` hashes).
-    pub fn key_names(&self) -> Vec<String> {
-        self.key.iter().map(|&k| self.column_names[k].clone()).collect()
     }
 }
 
@@ -421,7 +403,8 @@ impl Planner {
             self.ties.one_by_one.insert(shaped.id.clone());
         }
         if !self.tied_known.contains(&shaped.id) {
-            let key: Vec<&str> = plan.key.iter().map(|&k| plan.column_names[k].as_str()).collect();
+            let key = plan.key_names();
+            let key: Vec<&str> = key.iter().map(String::as_str).collect();
             let ties = catalog::reorder_ties(client, &shaped.id, &key).await?;
             if ties.ordered {
                 self.ties.ordered.insert(shaped.id.clone());
@@ -460,19 +443,10 @@ impl Planner {
     }
 
     async fn prepare_run(&mut self, client: &Client, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
-        let (sql, columns) = match kind {
-            RunKind::Insert => insert_sql(plan),
-            RunKind::Update => update_sql(plan, &present_columns(changes[0])),
-            RunKind::Delete => delete_sql(plan),
-        };
+        let (sql, columns) = apply_sql::statement(plan, kind, changes[0]);
         let statement = self.statement(client, sql).await?;
-        let mut arrays: Vec<TextArray> = vec![TextArray::default(); columns.len()];
-        for change in changes {
-            for (array, source) in arrays.iter_mut().zip(&columns) {
-                array.push(value_for(change, *source, plan));
-            }
-        }
-        Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target.clone() })
+        let arrays = apply_sql::arrays(plan, &columns, changes);
+        Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target().clone() })
     }
 
     /// Plans `batch` and encodes its values (see `PgSink::ready`).
@@ -668,217 +642,6 @@ impl PgSink {
     }
 }
 
-pub fn plan_for(shaped: &TableSchema, target: &TableInfo) -> Result<ApplyPlan, ConnectorError> {
-    let mut type_names = Vec::with_capacity(shaped.columns.len());
-    for column in &shaped.columns {
-        let target_column = target.schema.columns.iter().find(|c| c.name == column.name).ok_or_else(|| {
-            if target.generated.contains(&column.name) {
-                ConnectorError::definite(format!(
-                    "column {} of target table {} is generated there; drop it from the change with a drop_column transform",
-                    column.name, shaped.id
-                ))
-            } else {
-                ConnectorError::definite(format!(
-                    "target table {} has no column {}: add it, or rename or drop it with a transform",
-                    shaped.id, column.name
-                ))
-            }
-        })?;
-        type_names.push(target_column.type_name.clone());
-    }
-    // Identify rows by the target's own key when the change's key covers it (e.g. (tenant_id,
-    // id) after attaching tenant_id), else by the change's key.
-    let target_key: Option<Vec<usize>> =
-        target.schema.key_names().iter().map(|name| shaped.column_index(name)).collect();
-    let key = match target_key {
-        Some(key) if !key.is_empty() && key.iter().all(|k| shaped.key.contains(k)) => key,
-        _ => shaped.key.clone(),
-    };
-    if key.is_empty() {
-        return Err(ConnectorError::config(format!(
-            "table {} has no key to identify rows by: add a primary key to the source table",
-            shaped.id
-        )));
-    }
-    Ok(ApplyPlan {
-        target: shaped.id.clone(),
-        type_names,
-        column_names: shaped.columns.iter().map(|c| c.name.clone()).collect(),
-        key,
-    })
-}
-
-fn present_columns(change: &Change) -> Vec<bool> {
-    match change {
-        Change::Update { row, .. } => row.iter().map(|v| *v != Value::Unchanged).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Where a statement parameter takes its values from.
-#[derive(Clone, Copy, Debug)]
-enum ParamSource {
-    /// A column of the change's row.
-    Column(usize),
-    /// The n-th column of the row's key as it was before the change.
-    OldKey(usize),
-}
-
-fn insert_sql(plan: &ApplyPlan) -> (String, Vec<ParamSource>) {
-    let n = plan.column_names.len();
-    let sql = format!(
-        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({})",
-        quote_table(&plan.target),
-        plan.column_names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
-        (0..n).map(|i| format!("u.v{i}::{}", plan.type_names[i])).collect::<Vec<_>>().join(", "),
-        (1..=n).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
-        (0..n).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", "),
-    );
-    (sql, (0..n).map(ParamSource::Column).collect())
-}
-
-fn update_sql(plan: &ApplyPlan, present: &[bool]) -> (String, Vec<ParamSource>) {
-    let mut params: Vec<ParamSource> = plan.key.iter().enumerate().map(|(n, _)| ParamSource::OldKey(n)).collect();
-    let mut sets = Vec::new();
-    for (column, name) in plan.column_names.iter().enumerate() {
-        if present.get(column) == Some(&true) {
-            params.push(ParamSource::Column(column));
-            sets.push(format!("{} = u.p{}::{}", quote_ident(name), params.len(), plan.type_names[column]));
-        }
-    }
-    let matches = key_match(plan);
-    let sql = format!(
-        "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
-        quote_table(&plan.target),
-        sets.join(", "),
-        (1..=params.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
-        (1..=params.len()).map(|i| format!("p{i}")).collect::<Vec<_>>().join(", "),
-        matches,
-    );
-    (sql, params)
-}
-
-fn delete_sql(plan: &ApplyPlan) -> (String, Vec<ParamSource>) {
-    let params: Vec<ParamSource> = plan.key.iter().enumerate().map(|(n, _)| ParamSource::OldKey(n)).collect();
-    let sql = format!(
-        "DELETE FROM {} AS t USING unnest({}) AS u({}) WHERE {}",
-        quote_table(&plan.target),
-        (1..=params.len()).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", "),
-        (1..=params.len()).map(|i| format!("p{i}")).collect::<Vec<_>>().join(", "),
-        key_match(plan),
-    );
-    (sql, params)
-}
-
-/// `t.k1 = u.p1::type AND ...`: the key comes first in update and delete parameters.
-fn key_match(plan: &ApplyPlan) -> String {
-    plan.key
-        .iter()
-        .enumerate()
-        .map(|(n, &column)| {
-            format!("t.{} = u.p{}::{}", quote_ident(&plan.column_names[column]), n + 1, plan.type_names[column])
-        })
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
-fn value_for<'a>(change: &'a Change, source: ParamSource, plan: &ApplyPlan) -> Option<&'a [u8]> {
-    let value = match (change, source) {
-        (Change::Insert { row, .. } | Change::Update { row, .. }, ParamSource::Column(i)) => &row[i],
-        (Change::Update { old_key: Some(key), table, .. } | Change::Delete { key, table }, ParamSource::OldKey(n)) => {
-            // The source key is in source-key order; the plan's key may be the target's.
-            let column = plan.key[n];
-            match table.key.iter().position(|&k| k == column) {
-                Some(position) => &key[position],
-                None => return None,
-            }
-        }
-        (Change::Update { old_key: None, row, .. }, ParamSource::OldKey(n)) => &row[plan.key[n]],
-        _ => return None,
-    };
-    value.as_bytes()
-}
-
-/// A hash of the target table and the key of the row `change` touches on it, the same in every
-/// process and build (FNV-1a): parallel apply sends a row's changes to one lane by it, also
-/// after a restart. An update that moves its row to another key hashes the old key (such a
-/// batch is not spread over lanes).
-pub fn row_hash(change: &Change, plan: &ApplyPlan) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for byte in bytes {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
-        }
-    };
-    eat(plan.target.schema.as_bytes());
-    eat(&[0]);
-    eat(plan.target.name.as_bytes());
-    for n in 0..plan.key.len() {
-        // Length first, so ("ab", "c") and ("a", "bc") differ; NULL is not a key value.
-        let source = match change {
-            Change::Insert { .. } => ParamSource::Column(plan.key[n]),
-            _ => ParamSource::OldKey(n),
-        };
-        let value = value_for(change, source, plan).unwrap_or_default();
-        eat(&(value.len() as u32).to_le_bytes());
-        eat(value);
-    }
-    hash
-}
-
-struct PreparedRun {
-    statement: Statement,
-    arrays: Vec<TextArray>,
-    kind: RunKind,
-    rows: u64,
-    table: TableId,
-}
-
-/// A `text[]` parameter built from borrowed-free owned bytes, encoded in the binary array format.
-#[derive(Clone, Debug, Default)]
-struct TextArray {
-    data: BytesMut,
-    /// Offsets into `data` per element; `None` is NULL.
-    elements: Vec<Option<(usize, usize)>>,
-}
-
-impl TextArray {
-    fn push(&mut self, value: Option<&[u8]>) {
-        self.elements.push(value.map(|bytes| {
-            let start = self.data.len();
-            self.data.extend_from_slice(bytes);
-            (start, self.data.len())
-        }));
-    }
-}
-
-impl ToSql for TextArray {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        let dimension = postgres_protocol::types::ArrayDimension { len: self.elements.len() as i32, lower_bound: 1 };
-        postgres_protocol::types::array_to_sql(
-            Some(dimension),
-            Type::TEXT.oid(),
-            self.elements.iter(),
-            |element, buf| match element {
-                Some((start, end)) => {
-                    buf.extend_from_slice(&self.data[*start..*end]);
-                    Ok(postgres_protocol::IsNull::No)
-                }
-                None => Ok(postgres_protocol::IsNull::Yes),
-            },
-            out,
-        )?;
-        Ok(IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT_ARRAY
-    }
-
-    to_sql_checked!();
-}
-
 /// Tables whose changes are applied one per statement, learned for the life of the process
 /// (a sink is made anew after each retry). With `learn`, adds `table`; returns whether it is
 /// (now) one of them, and when learning, whether it was newly added.
@@ -893,47 +656,10 @@ fn one_by_one(table: &TableId, learn: bool) -> bool {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use switchyard_core::Column;
-
-    /// The multi-tenant orders table, keyed by (tenant_id, id), and its apply plan.
-    pub(crate) fn orders() -> (Arc<TableSchema>, ApplyPlan) {
-        let column = |name: &str| Column { name: name.into(), type_name: "text".into(), type_oid: 25, nullable: false, default: None };
-        let table = Arc::new(TableSchema {
-            id: TableId::new("public", "orders"),
-            columns: vec![column("tenant_id"), column("id"), column("status")],
-            key: vec![0, 1],
-        });
-        let plan = ApplyPlan {
-            target: table.id.clone(),
-            type_names: vec!["uuid".into(), "bigint".into(), "text".into()],
-            column_names: table.columns.iter().map(|c| c.name.clone()).collect(),
-            key: vec![0, 1],
-        };
-        (table, plan)
-    }
-
-    /// Parallel apply finds a row's lane again after a restart, possibly by another build: the
-    /// hash of a row is fixed, and every kind of change to one row gives the same one.
-    #[test]
-    fn a_rows_hash_is_fixed_and_the_same_for_every_change_to_it() {
-        let (table, plan) = orders();
-        let row = |id: &str, status: &str| vec![Value::text("t1"), Value::text(id), Value::text(status)];
-        let insert = Change::Insert { table: table.clone(), row: row("42", "new") };
-        let update = Change::Update { table: table.clone(), old_key: None, row: row("42", "paid") };
-        let delete = Change::Delete { table: table.clone(), key: vec![Value::text("t1"), Value::text("42")] };
-        let hash = row_hash(&insert, &plan);
-        // FNV-1a of "public\0orders", then each key value with its length (u32 LE) first.
-        assert_eq!(hash, 0xad08_55a4_e019_51d4, "the hash changed: lanes ahead of a checkpoint would be found in the wrong place");
-        assert_eq!(row_hash(&update, &plan), hash);
-        assert_eq!(row_hash(&delete, &plan), hash);
-        // Key values are delimited: ("t1", "42") and ("t14", "2") differ.
-        let shifted = Change::Insert { table: table.clone(), row: vec![Value::text("t14"), Value::text("2"), Value::text("new")] };
-        assert_ne!(row_hash(&shifted, &plan), hash);
-        let lanes: std::collections::HashSet<u64> =
-            (0..64).map(|id| row_hash(&Change::Insert { table: table.clone(), row: row(&id.to_string(), "x") }, &plan) % 4).collect();
-        assert_eq!(lanes.len(), 4, "64 rows do not reach all of 4 lanes");
-    }
+struct PreparedRun {
+    statement: Statement,
+    arrays: Vec<TextArray>,
+    kind: RunKind,
+    rows: u64,
+    table: TableId,
 }
