@@ -263,11 +263,15 @@ impl Stream<'_> {
             // process warming up, one later is the steady state.
             let worst_at = samples.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0.0, |(i, _)| i as f64 * 0.1);
             println!("figure=lag_worst rate={rate} tool={tool} at_s={worst_at:.1}");
+            // A logical walsender times at most one transaction a second (its lag tracker's
+            // interval), and replay_lag holds that figure until the next: the samples repeat
+            // about ten times each, so the distinct values are the transactions measured.
+            let distinct = samples.windows(2).filter(|pair| pair[0] != pair[1]).count() + usize::from(!samples.is_empty());
             samples.sort_by(|a, b| a.total_cmp(b));
             let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
             let (p50, p99, max) = (at(0.5), at(0.99), samples.last().copied().unwrap_or(f64::NAN));
             println!(
-                "figure=lag rate={rate} tool={tool} samples={} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} source_changes_per_s={achieved:.0}",
+                "figure=lag rate={rate} tool={tool} samples={} distinct={distinct} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1} source_changes_per_s={achieved:.0}",
                 samples.len()
             );
             for (what, value) in [("p50", p50), ("p99", p99), ("max", max)] {
