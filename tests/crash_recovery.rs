@@ -155,3 +155,36 @@ fn a_source_crash_repeats_no_change() {
     let log = process.log();
     assert!(log.contains("transient error; resuming from the checkpoint"), "the crashes were not seen:\n{log}");
 }
+
+/// Both servers crashing during the copy, one after the other, with changes made around the
+/// crashes: the copy resumes each time (chunks the crashed target lost are copied again), and
+/// the target ends equal to the source.
+#[test]
+fn crashes_of_either_server_during_the_copy_are_resumed() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 20_000, 10);
+    // Small chunks one at a time: the copy lasts long enough to crash each side in it.
+    let body = TENANTIZE.replace("chunk_rows = 5000\nparallel = 2", "chunk_rows = 2000\nparallel = 1");
+    let pipeline = pair.pipeline("tenantize", &format!("{body}\n[verify]\ncontinuous = false\n"));
+    let mut process = Switchyard::run(&pipeline);
+    let copied = |cluster: &PgCluster| {
+        cluster.try_psql("app", "SELECT count(*) FROM switchyard.snapshot_chunks WHERE copied_at IS NOT NULL").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0)
+    };
+    for (round, crashed) in [&pair.target, &pair.source].into_iter().enumerate() {
+        let before = copied(&pair.target);
+        while copied(&pair.target) < before + 3 {
+            process.assert_running();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let changes: String = (0..40).map(|n| switchyard_testkit::seed_statement(round as u64 + 40, n) + "\n").collect();
+        pair.source.psql("app", &changes);
+        crashed.crash_restart();
+        process.assert_running();
+    }
+    pair.source.psql("app", "UPDATE users SET name = 'after the crashes' WHERE id = 7");
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    let log = process.log();
+    assert!(log.matches("resuming the snapshot").count() >= 2, "the copy was not resumed after each crash:\n{log}");
+}
