@@ -91,6 +91,16 @@ fn survives_dropped_connections_under_load() {
 /// commits wait for the disk, so the slot is never ahead of what the target recovers.
 #[test]
 fn a_target_crash_loses_no_confirmed_change_when_the_target_commits_asynchronously() {
+    target_crash_after_confirmed_changes("");
+}
+
+/// The same over two apply lanes: each lane's commits wait for the disk.
+#[test]
+fn a_target_crash_loses_no_confirmed_change_over_parallel_lanes() {
+    target_crash_after_confirmed_changes("[apply]\nparallel = 2\n");
+}
+
+fn target_crash_after_confirmed_changes(apply: &str) {
     let source = PgCluster::start();
     // synchronous_commit = off (the test clusters' default), and the WAL writer waking only
     // every 10 s: an asynchronous commit stays in the server's buffers long enough for the
@@ -104,7 +114,7 @@ fn a_target_crash_loses_no_confirmed_change_when_the_target_commits_asynchronous
     let pair = Pair { source, target, dir: tempfile::tempdir().unwrap() };
     seed_schemas(&pair);
     load_rows(&pair, 1_000, 5);
-    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n{apply}[verify]\ncontinuous = false\n"));
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_tenantize", &mut process);
     pair.source.psql("app", "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id % 50 = 0; DELETE FROM orders WHERE id % 97 = 0;");
@@ -118,6 +128,9 @@ fn a_target_crash_loses_no_confirmed_change_when_the_target_commits_asynchronous
     let log = process.log();
     assert!(log.contains("applying with synchronous_commit = on"), "log:\n{log}");
     assert!(log.contains("transient error; resuming from the checkpoint"), "the crash was not seen:\n{log}");
+    if !apply.is_empty() {
+        assert!(log.contains("applying over parallel lanes"), "log:\n{log}");
+    }
 }
 
 /// The source server crashing while changes stream: its slot comes back from its last saved
