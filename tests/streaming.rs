@@ -142,3 +142,31 @@ fn apply_as_replica_skips_target_triggers_and_foreign_keys() {
     assert_eq!(pair.target.psql("app", "SELECT amount FROM orders WHERE id = 1"), "2.00");
     process.stop();
 }
+
+/// A role whose sessions get short statement and idle-in-transaction timeouts (set for the
+/// application's sessions, say) does not stop the pipeline: the copy's chunks and its index
+/// builds outlast them, and Switchyard's sessions run without them, as pg_dump's do.
+#[test]
+fn a_roles_short_timeouts_do_not_stop_the_copy_or_the_stream() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 20_000, 10);
+    for cluster in [&pair.source, &pair.target] {
+        cluster.psql(
+            "postgres",
+            "CREATE ROLE mover LOGIN SUPERUSER REPLICATION;
+             ALTER ROLE mover SET statement_timeout = '20ms';
+             ALTER ROLE mover SET idle_in_transaction_session_timeout = '50ms';",
+        );
+    }
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));
+    let as_mover = std::fs::read_to_string(&pipeline).unwrap().replace("postgres://postgres@", "postgres://mover@");
+    std::fs::write(&pipeline, as_mover).unwrap();
+    let mut process = Switchyard::run(&pipeline);
+    let changes: String = (0..200).map(|n| switchyard_testkit::seed_statement(3, n) + "\n").collect();
+    pair.source.psql("app", &changes);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    let log = process.log();
+    assert!(!log.contains("statement timeout") && !log.contains("idle-in-transaction timeout"), "a timeout was hit:\n{log}");
+}

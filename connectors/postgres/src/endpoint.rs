@@ -37,8 +37,18 @@ impl Endpoint {
         // A cutover fences the old database read-only; Switchyard's own sessions (the reverse
         // pipeline's apply, the fence mark) must still write, and startup options outrank the
         // database's and roles' settings.
-        let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
-        config.options(format!("{options}-c default_transaction_read_only=off"));
+        let mut options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        options.push_str("-c default_transaction_read_only=off");
+        // Copying a table's chunk, building its index and digesting it take as long as the
+        // table makes them, and a copy worker's snapshot session waits while its worker builds an
+        // index: a timeout set for the role's other sessions would fail the pipeline over and
+        // over. As pg_dump does, Switchyard's sessions run without them, unless the URL sets them.
+        for timeout in ["statement_timeout", "idle_in_transaction_session_timeout"] {
+            if !options.contains(timeout) {
+                options.push_str(&format!(" -c {timeout}=0"));
+            }
+        }
+        config.options(options);
         if config.get_password().is_none() {
             if let Some(password) = password_from_environment(&config) {
                 config.password(password);
@@ -209,6 +219,19 @@ mod tests {
         assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(mask_password("postgres://u:p@ss@h/db?x=@"), "postgres://u:****@h/db?x=@");
         assert_eq!(mask_password("host=h"), "host=h");
+    }
+
+    #[test]
+    fn sessions_run_without_timeouts_unless_the_url_sets_them() {
+        let options = |url: &str| Endpoint::parse(url).unwrap().config.get_options().unwrap().to_string();
+        assert_eq!(
+            options("postgres://u@h/db"),
+            "-c default_transaction_read_only=off -c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+        );
+        assert_eq!(
+            options("postgres://u@h/db?options=-c%20statement_timeout%3D5min"),
+            "-c statement_timeout=5min -c default_transaction_read_only=off -c idle_in_transaction_session_timeout=0"
+        );
     }
 
     #[test]
