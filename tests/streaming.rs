@@ -170,3 +170,51 @@ fn a_roles_short_timeouts_do_not_stop_the_copy_or_the_stream() {
     let log = process.log();
     assert!(!log.contains("statement timeout") && !log.contains("idle-in-transaction timeout"), "a timeout was hit:\n{log}");
 }
+
+/// A slot the source invalidated (more than its max_slot_wal_keep_size of WAL went by while the
+/// pipeline was stopped): `status` says so and what to do, and `run` stops with the same rather
+/// than retrying, or streaming on from a gap.
+#[test]
+fn a_slot_the_source_invalidated_is_named_with_the_way_out() {
+    let source = PgCluster::start_with(switchyard_testkit::PgOptions {
+        settings: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
+        ..Default::default()
+    });
+    let target = PgCluster::start();
+    source.create_database("app");
+    target.create_database("app");
+    let pair = Pair { source, target, dir: tempfile::tempdir().unwrap() };
+    seed_schemas(&pair);
+    load_rows(&pair, 1_000, 5);
+    let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    let (_, shown) = switchyard(&["status"], &pipeline);
+    assert!(shown.contains("bytes of WAL to go before max_slot_wal_keep_size"), "status:\n{shown}");
+    assert!(process.stop().success());
+    let wal_status = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'switchyard_tenantize'";
+    for round in 0..10 {
+        if pair.source.psql("app", wal_status) == "lost" {
+            break;
+        }
+        assert!(round < 9, "the slot was not invalidated: {}", pair.source.psql("app", wal_status));
+        pair.source.psql(
+            "app",
+            &format!("INSERT INTO users (email, name) SELECT 'more{round}-' || g || '@example.com', 'm' FROM generate_series(1, 5000) g"),
+        );
+        pair.source.psql("app", "SELECT pg_switch_wal()");
+        pair.source.psql("app", "CHECKPOINT");
+    }
+    let (_, shown) = switchyard(&["status"], &pipeline);
+    assert!(shown.contains("was invalidated by the source") && shown.contains("teardown --drop-checkpoint"), "status:\n{shown}");
+    let (checked, said) = switchyard(&["check"], &pipeline);
+    assert!(!checked.success() && said.contains("slot switchyard_tenantize") && said.contains("was invalidated by the source"), "check:\n{said}");
+    let (status, log) = Switchyard::run(&pipeline).wait();
+    assert!(!status.success(), "run went on with a lost slot:\n{log}");
+    assert!(log.contains("was invalidated by the source") && log.contains("teardown --drop-checkpoint"), "log:\n{log}");
+    assert!(!log.contains("transient error"), "a lost slot is not worth retrying:\n{log}");
+    // The way out it names works.
+    let (torn_down, said) = switchyard(&["teardown", "--drop-checkpoint"], &pipeline);
+    assert!(torn_down.success(), "teardown:\n{said}");
+    assert_eq!(pair.source.psql("app", "SELECT count(*) FROM pg_replication_slots"), "0");
+}

@@ -147,6 +147,11 @@ async fn check_source(
         if state.active {
             problems.push(Problem::new(format!("source: slot {}", file.slot_name()), "is in use: is `switchyard run` already running this pipeline?"));
         }
+        if state.lost() {
+            let slot_name = file.slot_name();
+            let why = slot::unusable_slot(&slot_name, slot::INVALIDATED);
+            problems.push(Problem::new(format!("source: slot {slot_name}"), why.trim_start_matches(&format!("replication slot {slot_name} ")).to_string()));
+        }
     }
     let encoding = setting(source, "server_encoding").await?;
     if encoding != "UTF8" {

@@ -18,6 +18,10 @@ pub struct Status {
     slot: String,
     slot_active: Option<bool>,
     slot_retained_wal_bytes: Option<i64>,
+    /// `reserved`, `extended`, `unreserved` (at risk) or `lost` (PostgreSQL 13 and later).
+    slot_wal_status: Option<String>,
+    /// WAL the source can still write before the slot is at risk (none: no limit).
+    slot_safe_wal_bytes: Option<i64>,
     tables: Vec<TableCopy>,
     /// Target indexes the copy set aside and has not built again yet ("name of table").
     indexes_set_aside: Vec<String>,
@@ -93,6 +97,8 @@ pub async fn gather(file: &crate::config::PipelineFile) -> anyhow::Result<Status
     if let Some(state) = &slot_state {
         status.slot_active = Some(state.active);
         status.slot_retained_wal_bytes = state.retained_bytes;
+        status.slot_wal_status = state.wal_status.clone();
+        status.slot_safe_wal_bytes = state.safe_wal_bytes;
     }
     let store = registry::checkpoint_store(&file);
     if store.exists(&target).await? {
@@ -174,6 +180,18 @@ fn print(status: &Status) -> anyhow::Result<ExitCode> {
             retained.unwrap_or(0)
         ),
         (None, _) => println!("slot       {} (does not exist)", status.slot),
+    }
+    match status.slot_wal_status.as_deref() {
+        Some("unreserved") => println!(
+            "           at risk: the slot is past the source's max_slot_wal_keep_size, and its next checkpoint may remove WAL \
+             this pipeline still needs (keep the pipeline running, or raise max_slot_wal_keep_size)"
+        ),
+        Some("lost") => println!("           {}", slot::unusable_slot(&status.slot, slot::INVALIDATED)),
+        _ => {
+            if let Some(bytes) = status.slot_safe_wal_bytes {
+                println!("           {bytes} bytes of WAL to go before max_slot_wal_keep_size puts it at risk");
+            }
+        }
     }
     for table in &status.tables {
         println!("copy       {:<30} {}/{} chunks, {} rows", table.table, table.chunks_done, table.chunks, table.rows_copied);

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use super::seam::Seam;
 use crate::reconcile::continuous::Touched;
 use super::{Pipeline, Shutdown};
-use crate::registry::{LaneSink, PgSource};
+use crate::registry::{slot, LaneSink, PgSource};
 use crate::transform::Shaper;
 
 #[derive(Clone, Debug)]
@@ -107,9 +107,10 @@ pub(super) async fn follow(
 async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let state = crate::registry::slot::slot_state(source, slot_name).await?;
+        let state = slot::slot_state(source, slot_name).await?;
         match state {
-            None => bail!("replication slot {slot_name} is gone; run `switchyard teardown --drop-checkpoint`, empty the target tables and run again"),
+            None => bail!(slot::unusable_slot(slot_name, "is gone")),
+            Some(state) if state.lost() => bail!(slot::unusable_slot(slot_name, slot::INVALIDATED)),
             Some(state) if !state.active => return Ok(()),
             Some(_) if Instant::now() >= deadline => {
                 bail!("replication slot {slot_name} is in use by another process: is another `switchyard run` of this pipeline running?")

@@ -18,14 +18,44 @@ pub struct SlotState {
     pub database: Option<String>,
     /// WAL the slot holds back, in bytes.
     pub retained_bytes: Option<i64>,
+    /// `pg_replication_slots.wal_status` (PostgreSQL 13 and later): `reserved`, `extended`,
+    /// `unreserved` (past `max_slot_wal_keep_size`: the next checkpoint may take its WAL) or
+    /// `lost` (taken).
+    pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before the slot is past `max_slot_wal_keep_size`
+    /// (none when that is unlimited).
+    pub safe_wal_bytes: Option<i64>,
 }
+
+impl SlotState {
+    /// The source removed WAL the slot still needed: it cannot give this pipeline's changes.
+    pub fn lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
+/// Why a pipeline whose slot is gone or lost cannot go on, and what to do. `what` says what
+/// happened to the slot.
+pub fn unusable_slot(slot: &str, what: &str) -> String {
+    format!(
+        "replication slot {slot} {what}, so the changes since this pipeline's checkpoint are gone from the source and \
+         the target cannot be brought up to date exactly: run `switchyard teardown --drop-checkpoint`, empty the target \
+         tables, and run again to copy afresh"
+    )
+}
+
+/// What happened to a slot the source invalidated.
+pub const INVALIDATED: &str = "was invalidated by the source: it fell behind by more than the source's \
+    max_slot_wal_keep_size, and the WAL it held was removed (raise max_slot_wal_keep_size, or keep the pipeline running)";
 
 pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, ConnectorError> {
     let row = client
         .query_opt(
+            // wal_status and safe_wal_size through to_jsonb: columns PostgreSQL 12 does not have.
             "SELECT active, confirmed_flush_lsn::text, restart_lsn::text, plugin::text, database::text,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-               FROM pg_replication_slots WHERE slot_name = $1",
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                    to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::bigint
+               FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -37,6 +67,8 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         plugin: row.get(3),
         database: row.get(4),
         retained_bytes: row.get(5),
+        wal_status: row.get(6),
+        safe_wal_bytes: row.get(7),
     }))
 }
 

@@ -228,6 +228,12 @@ impl ServerError {
                 "replication slot {slot} is active for another process: is another `switchyard run` of this \
                  pipeline running? ({said})"
             )),
+            ("55000", Some(slot)) if self.message.contains("can no longer get changes") => {
+                ConnectorError::definite(format!("{} ({said})", crate::slot::unusable_slot(slot, crate::slot::INVALIDATED)))
+            }
+            ("42704", Some(slot)) if self.message.contains("does not exist") => {
+                ConnectorError::definite(format!("{} ({said})", crate::slot::unusable_slot(slot, "is gone")))
+            }
             ("55000", _) if self.message.contains("wal_level") => ConnectorError::config(format!(
                 "PostgreSQL at {server} is not set up for logical decoding: set wal_level = logical and restart \
                  it ({said})"
@@ -370,6 +376,23 @@ mod tests {
         assert!(message.starts_with("role repl lacks REPLICATION: ALTER ROLE repl REPLICATION"), "{message}");
         let shutdown = ServerError { code: "57P01".into(), ..Default::default() };
         assert!(shutdown.into_error(&peer, None).is_transient());
+    }
+
+    #[test]
+    fn a_lost_or_missing_slot_stops_with_the_way_out() {
+        let peer = Peer { address: "h:5432".into(), user: "repl".into(), database: "shop".into() };
+        let lost = ServerError {
+            code: "55000".into(),
+            message: "can no longer get changes from replication slot \"s\"".into(),
+            ..Default::default()
+        };
+        let err = lost.into_error(&peer, Some("s"));
+        assert_eq!(err.kind(), ErrorKind::Definite);
+        assert!(err.message().contains("was invalidated by the source") && err.message().contains("teardown --drop-checkpoint"), "{}", err.message());
+        let missing = ServerError { code: "42704".into(), message: "replication slot \"s\" does not exist".into(), ..Default::default() };
+        let err = missing.into_error(&peer, Some("s"));
+        assert_eq!(err.kind(), ErrorKind::Definite);
+        assert!(err.message().starts_with("replication slot s is gone") && err.message().contains("teardown --drop-checkpoint"), "{}", err.message());
     }
 }
 
