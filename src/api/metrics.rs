@@ -42,6 +42,12 @@ pub fn render(pipeline: &str, status: &Value) -> String {
     let forward = &status["forward"];
     out.metric("lag_bytes", "gauge", "WAL on the live database not yet applied on the other.", "", number(running, &["lag_bytes"]).unwrap_or(0.0));
     out.metric("lag_seconds", "gauge", "Age of the oldest change not yet applied.", "", number(running, &["lag_seconds"]).unwrap_or(0.0));
+    out.metric("slot_retained_wal_bytes", "gauge", "WAL the pipeline's replication slot holds back.", "", number(running, &["slot_retained_wal_bytes"]).unwrap_or(0.0));
+    if let Some(safe) = number(running, &["slot_safe_wal_bytes"]) {
+        out.metric("slot_safe_wal_bytes", "gauge", "WAL that may still be written before max_slot_wal_keep_size puts the slot at risk.", "", safe);
+    }
+    let at_risk = matches!(running["slot_wal_status"].as_str(), Some("unreserved" | "lost"));
+    out.metric("slot_at_risk", "gauge", "1 once the slot is past max_slot_wal_keep_size, or was invalidated.", "", f64::from(u8::from(at_risk)));
     out.metric("changes_applied_total", "counter", "Row changes applied by this process.", "", APPLIED[0].load(Ordering::Relaxed) as f64);
     out.metric("transactions_applied_total", "counter", "Source transactions applied by this process.", "", APPLIED[1].load(Ordering::Relaxed) as f64);
     let copied: f64 = forward["tables"].as_array().into_iter().flatten().filter_map(|t| t["rows_copied"].as_f64()).sum();
@@ -66,4 +72,24 @@ pub fn render(pipeline: &str, status: &Value) -> String {
         out.metric("cutover_last_write_blocked_seconds", "gauge", "Writes held by the last operation (fence to resume).", "", blocked / 1000.0);
     }
     out.text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_s_room_and_risk_are_exported() {
+        let status = serde_json::json!({
+            "live": "old",
+            "forward": { "slot_retained_wal_bytes": 4096, "slot_safe_wal_bytes": 1048576, "slot_wal_status": "reserved" },
+        });
+        let text = render("p", &status);
+        assert!(text.contains("switchyard_slot_retained_wal_bytes{pipeline=\"p\"} 4096"), "{text}");
+        assert!(text.contains("switchyard_slot_safe_wal_bytes{pipeline=\"p\"} 1048576"), "{text}");
+        assert!(text.contains("switchyard_slot_at_risk{pipeline=\"p\"} 0"), "{text}");
+        let lost = serde_json::json!({ "live": "old", "forward": { "slot_wal_status": "lost" } });
+        let text = render("p", &lost);
+        assert!(text.contains("switchyard_slot_at_risk{pipeline=\"p\"} 1") && !text.contains("slot_safe_wal_bytes"), "{text}");
+    }
 }
