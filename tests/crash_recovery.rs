@@ -115,6 +115,8 @@ fn target_crash_after_confirmed_changes(apply: &str) {
     seed_schemas(&pair);
     load_rows(&pair, 1_000, 5);
     let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n{apply}[verify]\ncontinuous = false\n"));
+    let (_, said) = switchyard(&["check"], &pipeline);
+    assert!(said.contains("target: synchronous_commit: is off by default"), "check:\n{said}");
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_tenantize", &mut process);
     pair.source.psql("app", "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id % 50 = 0; DELETE FROM orders WHERE id % 97 = 0;");

@@ -209,6 +209,7 @@ fn a_slot_the_source_invalidated_is_named_with_the_way_out() {
     assert!(shown.contains("was invalidated by the source") && shown.contains("teardown --drop-checkpoint"), "status:\n{shown}");
     let (checked, said) = switchyard(&["check"], &pipeline);
     assert!(!checked.success() && said.contains("slot switchyard_tenantize") && said.contains("was invalidated by the source"), "check:\n{said}");
+    assert!(said.contains("source: max_slot_wal_keep_size: is 1MB"), "check:\n{said}");
     let (status, log) = Switchyard::run(&pipeline).wait();
     assert!(!status.success(), "run went on with a lost slot:\n{log}");
     assert!(log.contains("was invalidated by the source") && log.contains("teardown --drop-checkpoint"), "log:\n{log}");

@@ -82,6 +82,7 @@ pub async fn check_file(file: &PipelineFile) -> (Vec<Problem>, Vec<Problem>) {
             }
         }
     }
+    note_settings(source.as_ref(), target.as_ref(), &mut notes).await;
     let mut tables = Vec::new();
     if let Some(source) = &source {
         match check_source(file, source, endpoints.source.user(), &mut problems).await {
@@ -99,6 +100,34 @@ pub async fn check_file(file: &PipelineFile) -> (Vec<Problem>, Vec<Problem>) {
         }
     }
     (problems, notes)
+}
+
+/// Settings that do not stop a run but change what it does or risks, said up front.
+async fn note_settings(source: Option<&Client>, target: Option<&Client>, notes: &mut Vec<Problem>) {
+    // Not on PostgreSQL 12, which has no such limit.
+    if let Some(Ok(limit)) = match source {
+        Some(source) => Some(setting(source, "max_slot_wal_keep_size").await),
+        None => None,
+    } {
+        if limit != "-1" {
+            notes.push(Problem::new(
+                "source: max_slot_wal_keep_size",
+                format!(
+                    "is {limit}: a pipeline stopped or behind while more WAL than that is written loses its slot, and then \
+                     has to copy afresh; `switchyard status` shows the room left"
+                ),
+            ));
+        }
+    }
+    if let Some(target) = target {
+        if setting(target, "synchronous_commit").await.is_ok_and(|value| value == "off") {
+            notes.push(Problem::new(
+                "target: synchronous_commit",
+                "is off by default; Switchyard's applying sessions use on (a WAL flush per batch), so a crash of the \
+                 target loses no change the source was told is applied",
+            ));
+        }
+    }
 }
 
 async fn setting(client: &Client, name: &str) -> anyhow::Result<String> {
