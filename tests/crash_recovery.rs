@@ -101,17 +101,10 @@ fn a_target_crash_loses_no_confirmed_change_over_parallel_lanes() {
 }
 
 fn target_crash_after_confirmed_changes(apply: &str) {
-    let source = PgCluster::start();
     // synchronous_commit = off (the test clusters' default), and the WAL writer waking only
     // every 10 s: an asynchronous commit stays in the server's buffers long enough for the
     // crash below to take it.
-    let target = PgCluster::start_with(switchyard_testkit::PgOptions {
-        settings: vec![("synchronous_commit".into(), "off".into()), ("wal_writer_delay".into(), "10000ms".into())],
-        ..Default::default()
-    });
-    source.create_database("app");
-    target.create_database("app");
-    let pair = Pair { source, target, dir: tempfile::tempdir().unwrap() };
+    let pair = Pair::start_with(&[], &[("synchronous_commit", "off"), ("wal_writer_delay", "10000ms")]);
     seed_schemas(&pair);
     load_rows(&pair, 1_000, 5);
     let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n{apply}[verify]\ncontinuous = false\n"));

@@ -176,14 +176,7 @@ fn a_roles_short_timeouts_do_not_stop_the_copy_or_the_stream() {
 /// than retrying, or streaming on from a gap.
 #[test]
 fn a_slot_the_source_invalidated_is_named_with_the_way_out() {
-    let source = PgCluster::start_with(switchyard_testkit::PgOptions {
-        settings: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
-        ..Default::default()
-    });
-    let target = PgCluster::start();
-    source.create_database("app");
-    target.create_database("app");
-    let pair = Pair { source, target, dir: tempfile::tempdir().unwrap() };
+    let pair = Pair::start_with(&[("max_slot_wal_keep_size", "1MB")], &[]);
     seed_schemas(&pair);
     load_rows(&pair, 1_000, 5);
     let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));

@@ -15,8 +15,18 @@ pub struct Pair {
 
 impl Pair {
     pub fn start() -> Pair {
-        let source = PgCluster::start();
-        let target = PgCluster::start();
+        Pair::start_with(&[], &[])
+    }
+
+    /// A pair whose source and target get these extra server settings.
+    pub fn start_with(source_settings: &[(&str, &str)], target_settings: &[(&str, &str)]) -> Pair {
+        let start = |settings: &[(&str, &str)]| {
+            PgCluster::start_with(switchyard_testkit::PgOptions {
+                settings: settings.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
+                ..Default::default()
+            })
+        };
+        let (source, target) = (start(source_settings), start(target_settings));
         source.create_database("app");
         target.create_database("app");
         Pair { source, target, dir: tempfile::tempdir().unwrap() }
