@@ -104,19 +104,17 @@ pub async fn check_file(file: &PipelineFile) -> (Vec<Problem>, Vec<Problem>) {
 
 /// Settings that do not stop a run but change what it does or risks, said up front.
 async fn note_settings(source: Option<&Client>, target: Option<&Client>, notes: &mut Vec<Problem>) {
-    // Not on PostgreSQL 12, which has no such limit.
-    if let Some(Ok(limit)) = match source {
-        Some(source) => Some(setting(source, "max_slot_wal_keep_size").await),
-        None => None,
-    } {
-        if limit != "-1" {
-            notes.push(Problem::new(
+    if let Some(source) = source {
+        // PostgreSQL 12 has no such limit, nor the setting.
+        match setting(source, "max_slot_wal_keep_size").await {
+            Ok(limit) if limit != "-1" => notes.push(Problem::new(
                 "source: max_slot_wal_keep_size",
                 format!(
                     "is {limit}: a pipeline stopped or behind while more WAL than that is written loses its slot, and then \
                      has to copy afresh; `switchyard status` shows the room left"
                 ),
-            ));
+            )),
+            _ => {}
         }
     }
     if let Some(target) = target {
@@ -177,9 +175,7 @@ async fn check_source(
             problems.push(Problem::new(format!("source: slot {}", file.slot_name()), "is in use: is `switchyard run` already running this pipeline?"));
         }
         if state.lost() {
-            let slot_name = file.slot_name();
-            let why = slot::unusable_slot(&slot_name, slot::INVALIDATED);
-            problems.push(Problem::new(format!("source: slot {slot_name}"), why.trim_start_matches(&format!("replication slot {slot_name} ")).to_string()));
+            problems.push(Problem::new(format!("source: slot {}", file.slot_name()), format!("{}, {}", slot::INVALIDATED, slot::NO_WAY_ON)));
         }
     }
     let encoding = setting(source, "server_encoding").await?;

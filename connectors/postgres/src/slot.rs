@@ -34,14 +34,14 @@ impl SlotState {
     }
 }
 
-/// Why a pipeline whose slot is gone or lost cannot go on, and what to do. `what` says what
-/// happened to the slot.
+/// Why a pipeline whose slot is gone or lost cannot go on, and what to do.
+pub const NO_WAY_ON: &str = "so the changes since this pipeline's checkpoint are gone from the source and the target \
+    cannot be brought up to date exactly: run `switchyard teardown --drop-checkpoint`, empty the target tables, and run \
+    again to copy afresh";
+
+/// A pipeline's slot is unusable: `what` says what happened to it.
 pub fn unusable_slot(slot: &str, what: &str) -> String {
-    format!(
-        "replication slot {slot} {what}, so the changes since this pipeline's checkpoint are gone from the source and \
-         the target cannot be brought up to date exactly: run `switchyard teardown --drop-checkpoint`, empty the target \
-         tables, and run again to copy afresh"
-    )
+    format!("replication slot {slot} {what}, {NO_WAY_ON}")
 }
 
 /// What happened to a slot the source invalidated.
