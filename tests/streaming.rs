@@ -143,9 +143,10 @@ fn apply_as_replica_skips_target_triggers_and_foreign_keys() {
     process.stop();
 }
 
-/// A role whose sessions get short statement and idle-in-transaction timeouts (set for the
-/// application's sessions, say) does not stop the pipeline: the copy's chunks and its index
-/// builds outlast them, and Switchyard's sessions run without them, as pg_dump's do.
+/// A role whose sessions get short statement, idle-in-transaction and idle-session timeouts
+/// (set for the application's sessions, say) does not stop the pipeline: the copy's chunks and
+/// its index builds outlast them, its sessions wait idle while the source is quiet, and
+/// Switchyard's sessions run without them, as pg_dump's do.
 #[test]
 fn a_roles_short_timeouts_do_not_stop_the_copy_or_the_stream() {
     let pair = Pair::start();
@@ -156,7 +157,8 @@ fn a_roles_short_timeouts_do_not_stop_the_copy_or_the_stream() {
             "postgres",
             "CREATE ROLE mover LOGIN SUPERUSER REPLICATION;
              ALTER ROLE mover SET statement_timeout = '20ms';
-             ALTER ROLE mover SET idle_in_transaction_session_timeout = '50ms';",
+             ALTER ROLE mover SET idle_in_transaction_session_timeout = '50ms';
+             ALTER ROLE mover SET idle_session_timeout = '100ms';",
         );
     }
     let pipeline = pair.pipeline("tenantize", &format!("{TENANTIZE}\n[verify]\ncontinuous = false\n"));
@@ -166,9 +168,17 @@ fn a_roles_short_timeouts_do_not_stop_the_copy_or_the_stream() {
     let changes: String = (0..200).map(|n| switchyard_testkit::seed_statement(3, n) + "\n").collect();
     pair.source.psql("app", &changes);
     pair.wait_caught_up("switchyard_tenantize", &mut process);
+    // A quiet source: every session of the pipeline waits idle for longer than the role allows.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pair.source.psql("app", "UPDATE users SET name = 'after a quiet spell' WHERE id = 7");
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
     assert_tenantized_equal(&pair);
     let log = process.log();
-    assert!(!log.contains("statement timeout") && !log.contains("idle-in-transaction timeout"), "a timeout was hit:\n{log}");
+    assert!(
+        !log.contains("statement timeout") && !log.contains("idle-in-transaction timeout") && !log.contains("idle-session timeout"),
+        "a timeout was hit:\n{log}"
+    );
+    assert!(!log.contains("transient error"), "a session was ended under the pipeline:\n{log}");
 }
 
 /// A slot the source invalidated (more than its max_slot_wal_keep_size of WAL went by while the

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use switchyard_core::ConnectorError;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::PgResultExt;
@@ -84,7 +85,19 @@ impl Endpoint {
     }
 
     pub async fn connect(&self) -> Result<Client, ConnectorError> {
-        tls::connect(&self.config, &self.tls).await.context(|| format!("cannot connect to {}", self.shown))
+        let client = tls::connect(&self.config, &self.tls).await.context(|| format!("cannot connect to {}", self.shown))?;
+        // PostgreSQL 14 and later end a session idle longer than idle_session_timeout, and a
+        // pipeline's sessions wait idle whenever the source is quiet. Not a startup option like
+        // the timeouts above: older servers refuse a setting they do not know at connection.
+        let sets_its_own = self.config.get_options().is_some_and(|options| options.contains("idle_session_timeout"));
+        if !sets_its_own {
+            if let Err(error) = client.batch_execute("SET idle_session_timeout = 0").await {
+                if error.code() != Some(&SqlState::UNDEFINED_OBJECT) {
+                    return Err(error).context(|| format!("cannot set idle_session_timeout on {}", self.shown));
+                }
+            }
+        }
+        Ok(client)
     }
 
     /// A walsender connection. Its session prints values the way digest sessions do (UTC,
