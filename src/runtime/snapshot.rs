@@ -134,7 +134,7 @@ pub async fn rebuild_deferred_indexes(target: &Endpoint, store: &CheckpointStore
         let mut client = target.connect().await?;
         loop {
             let Some(index) = queue.lock().expect("queue lock").pop_front() else { return anyhow::Ok(()) };
-            deferred_indexes::rebuild(&mut client, store, &index).await?;
+            build_index(&mut client, store, &index).await?;
         }
     };
     futures_util::future::try_join_all((0..workers).map(|_| build())).await?;
@@ -270,10 +270,7 @@ impl CopyJob {
                 return Ok(());
             }
             if let Some(index) = self.finishing.next_index() {
-                let client = connected(&mut index_client, &self.target).await?;
-                let started = Instant::now();
-                deferred_indexes::rebuild(client, &self.store, &index).await?;
-                tracing::info!(table = %index.table, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "built index {}", index.name);
+                build_index(connected(&mut index_client, &self.target).await?, &self.store, &index).await?;
                 continue;
             }
             let Some(chunk) = self.queue.lock().expect("queue lock").pop_front() else {
@@ -325,12 +322,19 @@ impl CopyJob {
                 if !indexes.is_empty() {
                     let names: Vec<&str> = indexes.iter().map(|index| index.name.as_str()).collect();
                     tracing::info!(table = %plan.target.id, "copied; building {} set aside for the copy: {}", plural(names.len(), "index", "indexes"), names.join(", "));
-                    self.finishing.add_indexes(indexes);
                 }
+                self.finishing.table_copied(indexes);
             }
-            self.finishing.wake();
         }
     }
+}
+
+/// Builds `index` again (see `deferred_indexes::rebuild`), saying how long it took.
+async fn build_index(client: &mut tokio_postgres::Client, store: &CheckpointStore, index: &deferred_indexes::DeferredIndex) -> anyhow::Result<()> {
+    let started = Instant::now();
+    deferred_indexes::rebuild(client, store, index).await?;
+    tracing::info!(table = %index.table, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "built index {}", index.name);
+    Ok(())
 }
 
 async fn connected<'a>(client: &'a mut Option<tokio_postgres::Client>, endpoint: &Endpoint) -> anyhow::Result<&'a mut tokio_postgres::Client> {
@@ -361,7 +365,7 @@ impl Finishing {
         Finishing { chunks_left: Mutex::new(chunks_left), indexes: Mutex::new(VecDeque::new()), failed: AtomicBool::new(false), changed: Notify::new() }
     }
 
-    /// For a worker with no chunk left to take: waits until another worker's chunk is in (it
+    /// For a worker with no chunk left to take: waits until another worker finishes a table (it
     /// may bring indexes to build) or the run stops; false once every chunk is in and every
     /// index taken, or a worker failed.
     async fn more_to_come(&self, shutdown: &mut Shutdown) -> bool {
@@ -398,8 +402,11 @@ impl Finishing {
         *left == 0
     }
 
-    fn add_indexes(&self, indexes: Vec<deferred_indexes::DeferredIndex>) {
+    /// A table's last chunk is in: queues its indexes set aside, and wakes the waiting workers
+    /// (to build them, or to leave if that was the last table).
+    fn table_copied(&self, indexes: Vec<deferred_indexes::DeferredIndex>) {
         self.indexes.lock().expect("index queue lock").extend(indexes);
+        self.wake();
     }
 
     fn next_index(&self) -> Option<deferred_indexes::DeferredIndex> {
@@ -519,14 +526,13 @@ mod tests {
         let (worker, _stop) = waiting(&finishing);
         assert!(still_waiting(&worker).await, "left while items and parts were still being copied");
         assert!(finishing.chunk_copied(&items), "items' last chunk");
-        finishing.add_indexes(vec![index(&items)]);
-        finishing.wake();
+        finishing.table_copied(vec![index(&items)]);
         assert!(worker.await.unwrap(), "not woken for items' index");
         assert_eq!(finishing.next_index().map(|i| i.table), Some(items));
         let (worker, _stop) = waiting(&finishing);
         assert!(still_waiting(&worker).await, "left while parts was still being copied");
         assert!(finishing.chunk_copied(&parts));
-        finishing.wake();
+        finishing.table_copied(Vec::new());
         worker.await.unwrap();
         assert!(!looks_again(&finishing).await, "a worker stayed after every chunk was in and every index taken");
     }
