@@ -435,8 +435,12 @@ impl Planner {
         }
         let mut runs = Vec::new();
         for group in grouping::group(changes, &self.ties) {
-            let members: Vec<&Change> = group.changes.iter().map(|&i| &changes[i]).collect();
-            let plan = self.plan(client, members[0].table().expect("row change")).await?;
+            let mut members: Vec<&Change> = group.changes.iter().map(|&i| &changes[i]).collect();
+            let table = members[0].table().expect("row change");
+            let plan = self.plan(client, table).await?;
+            if !self.ties.ordered.contains(&table.id) {
+                apply_sql::in_key_order(&plan, &mut members);
+            }
             runs.push(self.prepare_run(client, &plan, &members, group.kind).await?);
         }
         Ok(runs)
