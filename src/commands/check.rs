@@ -175,7 +175,7 @@ async fn check_source(
             problems.push(Problem::new(format!("source: slot {}", file.slot_name()), "is in use: is `switchyard run` already running this pipeline?"));
         }
         if state.lost() {
-            problems.push(Problem::new(format!("source: slot {}", file.slot_name()), format!("{}, {}", slot::INVALIDATED, slot::NO_WAY_ON)));
+            problems.push(Problem::new(format!("source: slot {}", file.slot_name()), slot::why_unusable(slot::INVALIDATED)));
         }
     }
     let encoding = setting(source, "server_encoding").await?;

@@ -109,7 +109,7 @@ async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str)
     loop {
         let state = slot::slot_state(source, slot_name).await?;
         match state {
-            None => bail!(slot::unusable_slot(slot_name, "is gone")),
+            None => bail!(slot::unusable_slot(slot_name, slot::GONE)),
             Some(state) if state.lost() => bail!(slot::unusable_slot(slot_name, slot::INVALIDATED)),
             Some(state) if !state.active => return Ok(()),
             Some(_) if Instant::now() >= deadline => {

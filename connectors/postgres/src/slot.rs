@@ -35,14 +35,23 @@ impl SlotState {
 }
 
 /// Why a pipeline whose slot is gone or lost cannot go on, and what to do.
-pub const NO_WAY_ON: &str = "so the changes since this pipeline's checkpoint are gone from the source and the target \
+const NO_WAY_ON: &str = "so the changes since this pipeline's checkpoint are gone from the source and the target \
     cannot be brought up to date exactly: run `switchyard teardown --drop-checkpoint`, empty the target tables, and run \
     again to copy afresh";
 
+/// What happened to a slot (`what`: `GONE`, `INVALIDATED`), why the pipeline cannot go on, and
+/// the way out.
+pub fn why_unusable(what: &str) -> String {
+    format!("{what}, {NO_WAY_ON}")
+}
+
 /// A pipeline's slot is unusable: `what` says what happened to it.
 pub fn unusable_slot(slot: &str, what: &str) -> String {
-    format!("replication slot {slot} {what}, {NO_WAY_ON}")
+    format!("replication slot {slot} {}", why_unusable(what))
 }
+
+/// What happened to a slot someone dropped.
+pub const GONE: &str = "is gone";
 
 /// What happened to a slot the source invalidated.
 pub const INVALIDATED: &str = "was invalidated by the source: it fell behind by more than the source's \

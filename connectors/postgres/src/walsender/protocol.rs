@@ -232,7 +232,7 @@ impl ServerError {
                 ConnectorError::definite(format!("{} ({said})", crate::slot::unusable_slot(slot, crate::slot::INVALIDATED)))
             }
             ("42704", Some(slot)) if self.message.contains("does not exist") => {
-                ConnectorError::definite(format!("{} ({said})", crate::slot::unusable_slot(slot, "is gone")))
+                ConnectorError::definite(format!("{} ({said})", crate::slot::unusable_slot(slot, crate::slot::GONE)))
             }
             ("55000", _) if self.message.contains("wal_level") => ConnectorError::config(format!(
                 "PostgreSQL at {server} is not set up for logical decoding: set wal_level = logical and restart \
