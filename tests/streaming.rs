@@ -26,6 +26,23 @@ fn tenantize_copies_and_follows_under_load() {
     let name = pair.target.psql("app", "SELECT name FROM users WHERE id = 1");
     assert_eq!(name, "after restart");
 
+    // A clean stop flushes the target's last commits and confirms them to the slot, rather than
+    // leaving it where the target's WAL writer had got to.
+    pair.source.psql("app", "UPDATE users SET name = 'before the stop' WHERE id = 1");
+    while pair.target.psql("app", "SELECT name FROM users WHERE id = 1") != "before the stop" {
+        process.assert_running();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let applied = pair.target.psql("app", "SELECT substr(applied_position, 4) FROM switchyard.pipelines WHERE name = 'tenantize'");
+    assert!(process.stop().success());
+    let confirmed = pair.source.psql(
+        "app",
+        &format!("SELECT confirmed_flush_lsn >= '{applied}' FROM pg_replication_slots WHERE slot_name = 'switchyard_tenantize'"),
+    );
+    assert_eq!(confirmed, "t", "the slot was left behind the last commit, {applied}");
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+
     let (status, text) = switchyard(&["status"], &pipeline);
     assert!(status.success(), "{text}");
     assert!(text.contains("phase      streaming"), "{text}");
@@ -221,4 +238,12 @@ fn a_slot_the_source_invalidated_is_named_with_the_way_out() {
     let (torn_down, said) = switchyard(&["teardown", "--drop-checkpoint"], &pipeline);
     assert!(torn_down.success(), "teardown:\n{said}");
     assert_eq!(pair.source.psql("app", "SELECT count(*) FROM pg_replication_slots"), "0");
+    // A target with synchronous standbys: each apply commit waits for them, and check says so.
+    pair.target.psql("app", "ALTER SYSTEM SET synchronous_standby_names = 'standby_a'");
+    pair.target.psql("app", "SELECT pg_reload_conf()");
+    while pair.target.psql("app", "SHOW synchronous_standby_names") != "standby_a" {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (_, said) = switchyard(&["check"], &pipeline);
+    assert!(said.contains("target: synchronous_standby_names: is \"standby_a\": each apply commit waits for those standbys"), "check:\n{said}");
 }

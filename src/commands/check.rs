@@ -118,12 +118,16 @@ async fn note_settings(source: Option<&Client>, target: Option<&Client>, notes: 
         }
     }
     if let Some(target) = target {
-        if setting(target, "synchronous_commit").await.is_ok_and(|value| value == "off") {
-            notes.push(Problem::new(
-                "target: synchronous_commit",
-                "is off by default; Switchyard's applying sessions use on (a WAL flush per batch), so a crash of the \
-                 target loses no change the source was told is applied",
-            ));
+        if let Ok(standbys) = setting(target, "synchronous_standby_names").await.map(|names| names.trim().to_string()) {
+            if !standbys.is_empty() {
+                notes.push(Problem::new(
+                    "target: synchronous_standby_names",
+                    format!(
+                        "is {standbys:?}: each apply commit waits for those standbys (a round trip per batch) instead of \
+                         committing asynchronously, so a failover of the target loses no change the source was told is applied"
+                    ),
+                ));
+            }
         }
     }
 }

@@ -97,6 +97,10 @@ impl Controller {
                 let mark = record.mark_position.as_deref().context("no fence mark recorded")?.parse().map_err(anyhow::Error::msg)?;
                 let timeout = Duration::from_secs_f64(self.forward.cutover.drain_timeout_seconds);
                 let waited = self.wait_applied(step, mark, timeout, "the fence mark").await?;
+                // Applied is not yet on disk (apply commits asynchronously): traffic must not move
+                // to a database whose crash could still take back what it applied.
+                let carrier = registry::checkpoint_store(self.pipeline_out_of(step.from));
+                carrier.flush_commits(&self.connect(step.to).await?).await?;
                 Ok(format!("the {} database applied the fence mark after {:.0} ms", step.to.name(), waited.as_secs_f64() * 1000.0))
             }
             Phase::FinalCheck => self.final_check(step).await,

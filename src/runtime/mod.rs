@@ -5,7 +5,8 @@
 //!  resumed:    copy chunks not yet done at a fresh snapshot T ─► stream from the checkpoint,
 //!              skipping, for rows of chunks copied at T, the transactions that T already holds
 //!  streaming:  source.next_batch ─► seam filter ─► transforms ─► sink.ready ─► sink.write
-//!              (rows + checkpoint, one target transaction) ─► source.acknowledge(commit)
+//!              (rows + checkpoint, one target transaction) ─► acknowledge: applied at once,
+//!              durable once the target's WAL flush passes the commit (the slot confirms that)
 //! ```
 //!
 //! Batch N+1 is readied (filtered, transformed, planned, encoded) while the target applies
@@ -14,7 +15,9 @@
 //!
 //! A crash anywhere replays from the checkpoint: a chunk's rows commit with its "done" record,
 //! a batch's rows commit with the position after it, and the slot is confirmed only after that
-//! commit. So replay never has an effect twice and nothing is skipped.
+//! commit is on the target's disk (a crash of the target takes back both the rows and the
+//! checkpoint, never what the slot let go of). So replay never has an effect twice and nothing
+//! is skipped.
 //!
 //! With `[apply] parallel = N`, a batch's rows are spread over N target transactions (lanes),
 //! each committing its rows with its own position; the checkpoint commits last. Per-key order

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use switchyard_core::{Change, ChangeBatch, Position, Source};
+use switchyard_core::{Change, ChangeBatch, Lsn, Position, Progress, Source};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::seam::Seam;
@@ -18,6 +18,10 @@ use crate::transform::Shaper;
 struct FollowOptions {
     pub max_batch_changes: usize,
 }
+
+/// How often, while no batch comes, the runtime asks whether the target has flushed the commits
+/// it applied (the WAL writer flushes them within `wal_writer_delay`, 200 ms by default).
+const FLUSH_POLL: Duration = Duration::from_millis(50);
 
 /// Changes read ahead of the batch being applied, in target batches: decoding overlaps applying,
 /// many small source transactions wait to be applied together, and memory stays bounded.
@@ -80,7 +84,7 @@ pub(super) async fn follow(
     let Pipeline { file, endpoints, store, tables, shutdown, touched } = pipeline;
     let options = FollowOptions { max_batch_changes: file.apply.max_batch_changes };
     let Position::Postgres(lsn) = start;
-    wait_for_slot_release(&source_client, &file.slot_name()).await?;
+    let confirmed = wait_for_slot_release(&source_client, &file.slot_name()).await?;
     let publication = file.publication_name();
     let stream = endpoints
         .source
@@ -89,13 +93,13 @@ pub(super) async fn follow(
         .start_logical(&file.slot_name(), lsn, &[("publication_names", publication.as_str()), ("messages", "true")])
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
-    let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, options.max_batch_changes);
+    let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, confirmed, options.max_batch_changes);
     let sink = LaneSink::open(&endpoints.target, target_client, store, &start, file.apply.parallel, file.apply.as_replica, repairs_version).await?;
     tracing::info!(position = %start, "following the change stream");
     let verifier = touched
         .clone()
         .map(|touched| tokio::spawn(crate::reconcile::continuous::run((*file).clone(), touched, shutdown.clone())));
-    let result = apply_loop(source, sink, shaper, seam, acknowledge, options, touched.clone(), shutdown.clone()).await;
+    let result = apply_loop(source, sink, shaper, seam, acknowledge, start, options, touched.clone(), shutdown.clone()).await;
     if let Some(verifier) = verifier {
         verifier.abort();
     }
@@ -103,15 +107,16 @@ pub(super) async fn follow(
 }
 
 /// A previous connection of ours (dropped, or killed with the process) may hold the slot for a
-/// moment until the server notices; another live run holds it for good.
-async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str) -> anyhow::Result<()> {
+/// moment until the server notices; another live run holds it for good. Returns the position
+/// the slot has confirmed.
+async fn wait_for_slot_release(source: &tokio_postgres::Client, slot_name: &str) -> anyhow::Result<Lsn> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let state = slot::slot_state(source, slot_name).await?;
         match state {
             None => bail!(slot::unusable_slot(slot_name, slot::GONE)),
             Some(state) if state.lost() => bail!(slot::unusable_slot(slot_name, slot::INVALIDATED)),
-            Some(state) if !state.active => return Ok(()),
+            Some(state) if !state.active => return Ok(state.confirmed_flush.unwrap_or(Lsn(0))),
             Some(_) if Instant::now() >= deadline => {
                 bail!("replication slot {slot_name} is in use by another process: is another `switchyard run` of this pipeline running?")
             }
@@ -129,7 +134,8 @@ async fn apply_loop<S: Source + 'static>(
     mut sink: LaneSink,
     shaper: Shaper,
     seam: Seam,
-    acknowledge: watch::Sender<Option<Position>>,
+    acknowledge: watch::Sender<Option<Progress>>,
+    start: Position,
     options: FollowOptions,
     touched: Option<Touched>,
     mut shutdown: Shutdown,
@@ -142,6 +148,16 @@ async fn apply_loop<S: Source + 'static>(
         Gathering { seam, shaper, touched: touched.as_ref(), max_changes: options.max_batch_changes, settling_until: sink.settling_until() };
     let mut readied = None;
     let mut told_catching_up = false;
+    let mut applied = start;
+    // What the source hears: what the target committed, and what of it is on the target's disk.
+    let publish = |applied: &Position, sink: &LaneSink| {
+        let progress = Progress { applied: applied.clone(), durable: sink.durable().cloned() };
+        acknowledge.send_if_modified(|published| {
+            let changed = published.as_ref() != Some(&progress);
+            *published = Some(progress);
+            changed
+        });
+    };
     let result: anyhow::Result<()> = async {
         loop {
             // A part of a big transaction is finished before stopping; the target would roll
@@ -157,9 +173,15 @@ async fn apply_loop<S: Source + 'static>(
                         biased;
                         _ = shutdown.wait_for(|stop| *stop), if !inside_transaction => return Ok(()),
                         batch = incoming.recv() => match batch {
-                            Some(batch) => batch,
+                            Some(batch) => Some(batch),
                             None => return Ok(()),
                         },
+                        _ = tokio::time::sleep(FLUSH_POLL), if sink.awaiting_flush() => None,
+                    };
+                    let Some(first) = first else {
+                        sink.poll_durable().await?;
+                        publish(&applied, &sink);
+                        continue;
                     };
                     let batch = gathering.batch(first, &mut incoming)?;
                     sink.ready(batch).await?
@@ -185,11 +207,12 @@ async fn apply_loop<S: Source + 'static>(
             report.wrote(changes, writing.elapsed(), commit_micros);
             inside_transaction = committed.is_none();
             if let Some(commit) = committed {
-                acknowledge.send_replace(Some(commit.position.clone()));
+                applied = commit.position.clone();
                 report.applied(changes, &commit.position, commit.time_micros);
             } else {
                 report.partial(changes);
             }
+            publish(&applied, &sink);
             gathered?;
             readied = next_ready?;
             if readied.is_some() && !told_catching_up {
@@ -199,6 +222,14 @@ async fn apply_loop<S: Source + 'static>(
         }
     }
     .await;
+    // A clean stop confirms the slot up to the last commit, flushed now rather than by the WAL
+    // writer once nobody is left to report it.
+    if result.is_ok() && !inside_transaction && sink.awaiting_flush() {
+        match sink.flush().await {
+            Ok(()) => publish(&applied, &sink),
+            Err(error) => tracing::warn!(%error, "could not flush the target's last commits; the next run confirms them"),
+        }
+    }
     // The reader may be waiting to hand over a batch: closing both channels lets it finish.
     drop(incoming);
     drop(acknowledge);

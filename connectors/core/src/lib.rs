@@ -14,7 +14,7 @@ pub use change::{Change, ChangeBatch, Commit};
 pub use error::{ConnectorError, ErrorKind};
 pub use position::{Lsn, Position};
 pub use schema::{Column, TableId, TableSchema};
-pub use traits::{Acknowledgements, Sink, Source};
+pub use traits::{Acknowledgements, Progress, Sink, Source};
 pub use value::Value;
 
 pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;

@@ -5,6 +5,7 @@
 use switchyard_core::{ConnectorError, Position, TableId};
 use tokio_postgres::{Client, GenericClient};
 
+use crate::durability::WAL_COLUMNS;
 use crate::error::PgResultExt;
 use crate::ident::quote_ident;
 
@@ -307,21 +308,21 @@ impl CheckpointStore {
 
     /// The statement that records the last applied source commit, with `advance_params`, inside
     /// the transaction that applies it; repairs the stream has now passed are forgotten in the
-    /// same statement. It locks the pipeline's row and returns the repairs version, as
-    /// `lock_sql` does. The sink prepares it once and pipelines it with each batch. A lane's
+    /// same statement. It locks the pipeline's row and returns the repairs version and the
+    /// target's WAL, as `lock_sql` does. The sink prepares it once and pipelines it with each batch. A lane's
     /// store advances the lane's row instead, and returns 0.
     pub fn advance_sql(&self) -> String {
         if self.lane.is_some() {
             return format!(
                 "UPDATE {} SET applied_position = $1, applied_commit_micros = $2, routes = $5, updated_at = now()
-                  WHERE pipeline = $3 AND lane = $4 RETURNING 0::bigint",
+                  WHERE pipeline = $3 AND lane = $4 RETURNING 0::bigint, {WAL_COLUMNS}",
                 self.table("apply_lanes")
             );
         }
         format!(
             "WITH passed AS (DELETE FROM {} WHERE pipeline = $3 AND lsn <= $4::text::pg_lsn)
              UPDATE {} SET applied_position = $1, applied_commit_micros = $2, updated_at = now() WHERE name = $3
-             RETURNING repairs_version",
+             RETURNING repairs_version, {WAL_COLUMNS}",
             self.table("repairs"),
             self.table("pipelines")
         )
@@ -351,14 +352,34 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Puts every commit made so far on the target on its disk (and its synchronous standbys'),
+    /// for the moments that must not wait for the WAL writer (a stop, a cutover's drain): a
+    /// synchronous commit waits for the WAL up to its own commit record, which comes after
+    /// theirs. PostgreSQL waits only for a transaction that wrote WAL, so this one locks the
+    /// pipeline's row (a batch or a repair holding it delays it by that long).
+    pub async fn flush_commits(&self, client: &Client) -> Result<(), ConnectorError> {
+        let lock = format!("SELECT 1 FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"));
+        let flushed = async {
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = on").await?;
+            client.query_opt(&lock, &[&self.pipeline]).await?;
+            client.batch_execute("COMMIT").await
+        }
+        .await;
+        if flushed.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        flushed.context(|| "cannot flush the target's commits".into())
+    }
+
     /// Locks this pipeline's row for the rest of the transaction: applying and repairing take
-    /// turns. Returns the repairs version (it grows with every recorded repair). A lane takes
-    /// no lock here (its batches always advance its own row) and reads 0.
+    /// turns. Returns the repairs version (it grows with every recorded repair), then the
+    /// target's WAL positions (`durability::WAL_COLUMNS`). A lane takes no lock here (its
+    /// batches always advance its own row) and reads 0.
     pub fn lock_sql(&self) -> String {
         if self.lane.is_some() {
-            return "SELECT 0::bigint WHERE $1::text IS NOT NULL".to_string();
+            return format!("SELECT 0::bigint, {WAL_COLUMNS} WHERE $1::text IS NOT NULL");
         }
-        format!("SELECT repairs_version FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
+        format!("SELECT repairs_version, {WAL_COLUMNS} FROM {} WHERE name = $1 FOR UPDATE", self.table("pipelines"))
     }
 
     /// The parallel apply lanes as their rows left them, against `applied` (the pipeline's

@@ -36,13 +36,18 @@ use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Position, Tab
 use tokio_postgres::Client;
 
 use crate::checkpoint::CheckpointStore;
-use crate::endpoint::{act_as_replica, commit_durably, Endpoint};
+use crate::durability::{choose_commit_mode, CommitMode, Durability, TargetWal};
+use crate::endpoint::{act_as_replica, Endpoint};
 use crate::apply_sql::{row_hash, ApplyPlan};
 use crate::sink::{PgSink, ReadyBatch, SinkPlanner, SinkWriter};
 
 pub struct LaneSink {
     lanes: Vec<PgSink>,
     ahead: Ahead,
+    /// Which applied positions the target has on disk. The lanes share one WAL, and lane 0
+    /// begins each batch after every lane committed the one before and commits last, so its
+    /// reads of the WAL and its commits are the ones that count.
+    durability: Durability,
 }
 
 /// What lanes left ahead of the checkpoint (a crash between lane commits) applied.
@@ -144,16 +149,20 @@ impl LaneSink {
         for lane in 1..count {
             lanes.push(PgSink::new(target.connect().await?, store.for_lane(lane as i32)));
         }
-        let mut raised = false;
-        for sink in &lanes {
-            raised |= commit_durably(sink.client()).await?;
+        let mode = choose_commit_mode(lanes[0].client()).await?;
+        for sink in &lanes[1..] {
+            choose_commit_mode(sink.client()).await?;
         }
-        if raised {
-            tracing::info!(
-                "the target commits asynchronously by default (synchronous_commit = off): applying with synchronous_commit = on, \
-                 so that no position is confirmed to the source before the target has its changes on disk"
-            );
+        match mode {
+            CommitMode::Asynchronous => tracing::info!(
+                "applying with synchronous_commit = off; a position is confirmed to the source once the target has flushed its commit"
+            ),
+            CommitMode::WaitForDisk => tracing::info!(
+                "the target has synchronous standbys: applying with commits that wait for them, so a failover loses no position confirmed to the source"
+            ),
         }
+        let mut durability = Durability::new(mode, applied.clone());
+        durability.observed(TargetWal::read(lanes[0].client()).await?);
         if as_replica || count > 1 {
             for sink in &lanes {
                 if !act_as_replica(sink.client(), "applying").await && count > 1 {
@@ -172,7 +181,46 @@ impl LaneSink {
                 .map_err(|error| ConnectorError::bug(format!("an apply lane's recorded routes are not readable ({error}): {recorded}")))?;
             routes.extend(batch.into_iter().map(|route| (TableId::new(&route.schema, &route.table), route)));
         }
-        Ok(LaneSink { lanes, ahead: Ahead { positions, routes } })
+        Ok(LaneSink { lanes, ahead: Ahead { positions, routes }, durability })
+    }
+
+    /// The newest applied position the target has on disk (see `durability`).
+    pub fn durable(&self) -> Option<&Position> {
+        self.durability.durable()
+    }
+
+    /// Whether an applied position waits for the target's flush; then `poll_durable` while no
+    /// batch comes to see it.
+    pub fn awaiting_flush(&self) -> bool {
+        self.durability.waiting()
+    }
+
+    /// Reads how far the target's WAL is on disk.
+    pub async fn poll_durable(&mut self) -> Result<(), ConnectorError> {
+        let wal = TargetWal::read(self.lanes[0].client()).await?;
+        self.durability.observed(wal);
+        Ok(())
+    }
+
+    /// Flushes the target's commits and learns that it did: for a stop, so that the slot is
+    /// confirmed up to the last commit rather than where the WAL writer had got to. Not inside
+    /// a target transaction (it commits one of its own).
+    pub async fn flush(&mut self) -> Result<(), ConnectorError> {
+        // The first read bounds the commits so far; the flush passes that bound, whatever WAL
+        // other sessions insert meanwhile; the second read sees it.
+        self.poll_durable().await?;
+        self.lanes[0].store().flush_commits(self.lanes[0].client()).await?;
+        self.poll_durable().await
+    }
+
+    /// Learns from a write what it saw of the target's WAL and what it committed.
+    fn note_written(&mut self, written: &Result<Option<Commit>, ConnectorError>) {
+        if let Some(wal) = self.lanes[0].take_wal() {
+            self.durability.observed(wal);
+        }
+        if let Ok(Some(commit)) = written {
+            self.durability.committed(commit.position.clone());
+        }
     }
 
     /// The last source commit some lane applied past the checkpoint: until the stream has
@@ -184,13 +232,19 @@ impl LaneSink {
     /// Splits `batch` over the lanes and plans and encodes each share.
     pub async fn ready(&mut self, batch: ChangeBatch) -> Result<LaneReady, ConnectorError> {
         let lane_zero_open = self.lanes[0].in_transaction();
-        let LaneSink { lanes, ahead } = self;
+        let LaneSink { lanes, ahead, .. } = self;
         let mut planners: Vec<SinkPlanner> = lanes.iter_mut().map(|sink| sink.split().1).collect();
         ready_shares(&mut planners, ahead, lane_zero_open, batch).await
     }
 
     /// Writes a readied batch: its shares at once, lane 0's commit last (see the module doc).
     pub async fn write(&mut self, ready: LaneReady) -> Result<Option<Commit>, ConnectorError> {
+        let written = self.write_batch(ready).await;
+        self.note_written(&written);
+        written
+    }
+
+    async fn write_batch(&mut self, ready: LaneReady) -> Result<Option<Commit>, ConnectorError> {
         match ready {
             LaneReady::Whole(ready) => {
                 let alters_tables = ready.alters_tables();
@@ -215,6 +269,16 @@ impl LaneSink {
         ready: LaneReady,
         next: impl Future<Output = Option<ChangeBatch>>,
     ) -> (Result<Option<Commit>, ConnectorError>, Result<Option<LaneReady>, ConnectorError>) {
+        let (written, readied) = self.write_readying(ready, next).await;
+        self.note_written(&written);
+        (written, readied)
+    }
+
+    async fn write_readying(
+        &mut self,
+        ready: LaneReady,
+        next: impl Future<Output = Option<ChangeBatch>>,
+    ) -> (Result<Option<Commit>, ConnectorError>, Result<Option<LaneReady>, ConnectorError>) {
         match ready {
             LaneReady::Whole(ready) if self.lanes.len() == 1 => {
                 let (written, readied) = self.lanes[0].write_while(ready, next).await;
@@ -222,7 +286,7 @@ impl LaneSink {
             }
             LaneReady::Whole(ready) => {
                 // Rare with lanes (a key change, a TRUNCATE, a schema change): one after the other.
-                let written = self.write(LaneReady::Whole(ready)).await;
+                let written = self.write_batch(LaneReady::Whole(ready)).await;
                 if written.is_err() {
                     return (written, Ok(None));
                 }
@@ -233,7 +297,7 @@ impl LaneSink {
                 (written, readied)
             }
             LaneReady::Shares(shares) => {
-                let LaneSink { lanes, ahead } = self;
+                let LaneSink { lanes, ahead, .. } = self;
                 let (mut writers, mut planners): (Vec<SinkWriter>, Vec<SinkPlanner>) = lanes.iter_mut().map(PgSink::split).unzip();
                 let writing = write_shares(&mut writers, shares);
                 // A spread batch ends its source transaction: the next begins a new one.

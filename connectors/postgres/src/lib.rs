@@ -10,6 +10,7 @@ pub mod copy_text;
 pub mod cutover_state;
 pub mod deferred_indexes;
 pub mod digest;
+pub mod durability;
 pub mod endpoint;
 pub mod error;
 pub mod fence;

@@ -25,6 +25,7 @@ use tokio_postgres::{Client, Statement};
 use crate::apply_sql::{self, plan_for, ApplyPlan, TextArray};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::{AdvanceParams, CheckpointStore};
+use crate::durability::TargetWal;
 use crate::error::PgResultExt;
 use crate::grouping::{self, Kind as RunKind};
 use crate::ident::{quote_ident, quote_table};
@@ -42,6 +43,8 @@ struct TxState {
     open: bool,
     /// The repairs version this sink's batches were filtered against (see `expect_repairs`).
     repairs_version: Option<i64>,
+    /// The target's WAL as the last transaction's start saw it, not yet taken (see `durability`).
+    wal: Option<TargetWal>,
 }
 
 /// What the sink has learned about the target to turn changes into statements: kept apart from
@@ -123,6 +126,12 @@ impl PgSink {
     /// Whether a target transaction is open (a source transaction applied in parts).
     pub fn in_transaction(&self) -> bool {
         self.tx.open
+    }
+
+    /// The target's WAL as the last transaction begun saw it, after every commit before it;
+    /// once.
+    pub fn take_wal(&mut self) -> Option<TargetWal> {
+        self.tx.wal.take()
     }
 
     /// The sink in two halves over its one connection: one writes a batch while the other
@@ -331,10 +340,16 @@ impl SinkWriter<'_> {
     async fn begin_locked(&mut self, lock: Statement) -> Result<i64, ConnectorError> {
         let locked = begin_and_lock(self.client, &Lock { statement: lock, advance: None }, self.store.pipeline()).await;
         self.tx.open = true;
-        if locked.is_err() {
-            self.rollback().await;
+        match locked {
+            Ok((version, wal)) => {
+                self.tx.wal = Some(wal);
+                Ok(version)
+            }
+            Err(error) => {
+                self.rollback().await;
+                Err(error)
+            }
         }
-        locked
     }
 
     /// Sends a readied batch of row changes, inside the open transaction or one it begins, and
@@ -508,7 +523,8 @@ async fn send_runs(client: &Client, store: &CheckpointStore, tx: &mut TxState, r
     }
     // A repair recorded since this sink's batches were filtered: they might set a repaired
     // row back, so the runtime resumes from the checkpoint knowing the repairs.
-    if let Some(version) = locked? {
+    if let Some((version, wal)) = locked? {
+        tx.wal = Some(wal);
         check_repairs(tx, version)?;
     }
     let results = results.map_err(|(e, run)| {
@@ -586,8 +602,8 @@ fn is_row_change(change: &Change) -> bool {
     matches!(change, Change::Insert { .. } | Change::Update { .. } | Change::Delete { .. })
 }
 
-/// `BEGIN` and the pipeline's lock, pipelined; the repairs version.
-async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<i64, ConnectorError> {
+/// `BEGIN` and the pipeline's lock, pipelined; the repairs version and the target's WAL.
+async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<(i64, TargetWal), ConnectorError> {
     let params: Vec<&(dyn ToSql + Sync)> = match &lock.advance {
         Some(advance) => advance.params(),
         None => vec![&pipeline],
@@ -600,7 +616,7 @@ async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<
     let row = row.ok_or_else(|| {
         ConnectorError::definite(format!("the checkpoint row of pipeline {pipeline} is gone from the target; was it torn down while running?"))
     })?;
-    Ok(row.get(0))
+    Ok((row.get(0), TargetWal::from_row(&row, 1)?))
 }
 
 /// What a batch's pipeline sends around its changes: the start of the target transaction, and

@@ -3,19 +3,23 @@
 //! ```text
 //!  walsender ──XLogData──► pgoutput::decode ──► Begin/Relation/Insert/…/Commit
 //!      ▲                                              │ one transaction (or a part of a big one)
-//!      └── standby status (flush = acknowledged) ◄────┴──► ChangeBatch ──► runtime
+//!      └── standby status (apply, flush) ◄──────────┴──► ChangeBatch ──► runtime
 //! ```
 //!
-//! Acknowledgement: the slot is confirmed only up to what the runtime acknowledged (the target
-//! committed it), or — when every batch handed out has been acknowledged and no transaction is
-//! open — up to the server's current send position, so a slot whose tables are idle while the
-//! rest of the server is busy does not pin WAL.
+//! Acknowledgement: the runtime reports what the target committed (sent as the applied
+//! position, which `pg_stat_replication` measures replay lag by) and what it has on disk (sent
+//! as the flushed position, which the slot confirms). The slot is confirmed only up to what is
+//! on the target's disk, or — when every batch handed out is there and no transaction is open
+//! — up to the server's current send position, so a slot whose tables are idle while the rest
+//! of the server is busy does not pin WAL.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_core::{Acknowledgements, Change, ChangeBatch, Column, Commit, ConnectorError, Lsn, Position, Source, TableId, TableSchema, Value};
+use switchyard_core::{
+    Acknowledgements, Change, ChangeBatch, Column, Commit, ConnectorError, Lsn, Position, Progress, Source, TableId, TableSchema, Value,
+};
 use tokio_postgres::Client;
 
 use crate::catalog;
@@ -40,11 +44,15 @@ pub struct PgSource {
     resume_after: Lsn,
     open: Option<OpenTransaction>,
     max_batch_changes: usize,
-    /// End of the last transaction handed out, and what the runtime acknowledged of it.
+    /// End of the last transaction handed out, and how far the runtime reported the target has
+    /// it: committed (`applied`) and on disk (`durable`).
     handed_out: Lsn,
-    acknowledged: Lsn,
+    applied: Lsn,
+    durable: Lsn,
     /// The furthest point the server has sent that contained nothing for us.
     idle_up_to: Lsn,
+    /// What the slot was last told is flushed; never sent lower (PostgreSQL 15 would move the
+    /// slot back).
     confirmed: Lsn,
     last_status: Instant,
     last_received: Lsn,
@@ -61,13 +69,16 @@ struct OpenTransaction {
 }
 
 impl PgSource {
-    /// Streams from `stream`, which the caller started at `resume_after` (the checkpoint).
+    /// Streams from `stream`, which the caller started at `resume_after` (the checkpoint), from
+    /// a slot that has confirmed `confirmed`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stream: ReplicationStream,
         acknowledgements: Acknowledgements,
         catalog: Client,
         tables: Vec<Arc<TableSchema>>,
         resume_after: Lsn,
+        confirmed: Lsn,
         max_batch_changes: usize,
     ) -> Self {
         PgSource {
@@ -81,9 +92,12 @@ impl PgSource {
             open: None,
             max_batch_changes: max_batch_changes.max(1),
             handed_out: resume_after,
-            acknowledged: resume_after,
+            applied: resume_after,
+            // The checkpoint may not be on the target's disk yet (a run that died just after
+            // committing it): the runtime says when it is.
+            durable: confirmed,
             idle_up_to: resume_after,
-            confirmed: resume_after,
+            confirmed,
             last_status: Instant::now(),
             last_received: resume_after,
         }
@@ -229,20 +243,31 @@ impl PgSource {
         self.idle_up_to = self.idle_up_to.max(lsn);
     }
 
-    /// What may be confirmed to the slot now.
-    fn confirmable(&self) -> Lsn {
-        let caught_up = self.acknowledged >= self.handed_out && self.open.is_none();
+    /// How far the target is through the stream, with the target at `reached`: past what was
+    /// idle too once it has every batch handed out.
+    fn reportable(&self, reached: Lsn) -> Lsn {
+        let caught_up = reached >= self.handed_out && self.open.is_none();
         if caught_up {
-            self.acknowledged.max(self.idle_up_to)
+            reached.max(self.idle_up_to)
         } else {
-            self.acknowledged
+            reached
+        }
+    }
+
+    fn note_progress(&mut self, progress: Option<&Progress>) {
+        let Some(progress) = progress else { return };
+        let Position::Postgres(applied) = progress.applied;
+        self.applied = self.applied.max(applied);
+        if let Some(Position::Postgres(durable)) = progress.durable {
+            self.durable = self.durable.max(durable);
         }
     }
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), ConnectorError> {
-        let flushed = self.confirmable().max(self.confirmed);
-        tracing::debug!(%flushed, acknowledged = %self.acknowledged, handed_out = %self.handed_out, idle = %self.idle_up_to, "standby status");
-        self.stream.send_status(self.last_received.max(flushed), flushed, flushed, reply_requested).await?;
+        let flushed = self.reportable(self.durable).max(self.confirmed);
+        let applied = self.reportable(self.applied).max(flushed);
+        tracing::debug!(%flushed, %applied, handed_out = %self.handed_out, idle = %self.idle_up_to, "standby status");
+        self.stream.send_status(self.last_received.max(applied), flushed, applied, reply_requested).await?;
         self.confirmed = flushed;
         self.last_status = Instant::now();
         Ok(())
@@ -268,15 +293,13 @@ impl Source for PgSource {
                 changed = self.acknowledgements.changed() => {
                     match changed {
                         Ok(()) => {
-                            if let Some(Position::Postgres(lsn)) = *self.acknowledgements.borrow_and_update() {
-                                self.acknowledged = self.acknowledged.max(lsn);
-                            }
+                            let progress = self.acknowledgements.borrow_and_update().clone();
+                            self.note_progress(progress.as_ref());
                             self.send_status(false).await?;
                         }
                         Err(_) => {
-                            if let Some(Position::Postgres(lsn)) = *self.acknowledgements.borrow() {
-                                self.acknowledged = self.acknowledged.max(lsn);
-                            }
+                            let progress = self.acknowledgements.borrow().clone();
+                            self.note_progress(progress.as_ref());
                             self.send_status(false).await?;
                             return Ok(None);
                         }
