@@ -39,7 +39,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::durability::{choose_commit_mode, CommitMode, Durability, TargetWal};
 use crate::endpoint::{act_as_replica, Endpoint};
 use crate::apply_sql::{row_hash, ApplyPlan};
-use crate::sink::{PgSink, ReadyBatch, SinkPlanner, SinkWriter};
+use crate::sink::{CopyGate, PgSink, ReadyBatch, SinkPlanner, SinkWriter};
 
 pub struct LaneSink {
     lanes: Vec<PgSink>,
@@ -257,7 +257,7 @@ impl LaneSink {
             }
             LaneReady::Shares(shares) => {
                 let mut writers: Vec<SinkWriter> = self.lanes.iter_mut().map(|sink| sink.split().0).collect();
-                write_shares(&mut writers, shares).await
+                write_shares(&mut writers, shares, &CopyGate::new(0)).await
             }
         }
     }
@@ -299,9 +299,14 @@ impl LaneSink {
             LaneReady::Shares(shares) => {
                 let LaneSink { lanes, ahead, .. } = self;
                 let (mut writers, mut planners): (Vec<SinkWriter>, Vec<SinkPlanner>) = lanes.iter_mut().map(PgSink::split).unzip();
-                let writing = write_shares(&mut writers, shares);
+                let gate = CopyGate::new(shares.iter().flatten().map(ReadyBatch::leading_copies).sum());
+                let writing = async {
+                    let _open_at_end = gate.opener();
+                    write_shares(&mut writers, shares, &gate).await
+                };
                 // A spread batch ends its source transaction: the next begins a new one.
                 let readying = async {
+                    gate.opened().await;
                     match next.await {
                         Some(batch) => ready_shares(&mut planners, ahead, false, batch).await.map(Some),
                         None => Ok(None),
@@ -382,12 +387,13 @@ fn check_not_applied(ahead: &[Option<Position>], batch: &ChangeBatch) -> Result<
 /// pipeline's lock before any lane starts (a repair then waits for the whole batch, never
 /// holding the lock while a lane holds rows it wants), the others commit first, and lane 0's
 /// commit, with the checkpoint's advance, ends it.
-async fn write_shares(writers: &mut [SinkWriter<'_>], shares: Vec<Option<ReadyBatch>>) -> Result<Option<Commit>, ConnectorError> {
+/// Each share's leading COPYs count down `gate` (see `CopyGate`).
+async fn write_shares(writers: &mut [SinkWriter<'_>], shares: Vec<Option<ReadyBatch>>, gate: &CopyGate) -> Result<Option<Commit>, ConnectorError> {
     let lane_zero = shares[0].as_ref().ok_or_else(|| ConnectorError::bug("lane 0 has no share"))?;
     let commit = lane_zero.commit().cloned();
     writers[0].begin_checked(lane_zero).await?;
     let taking_part: Vec<bool> = shares.iter().map(Option::is_some).collect();
-    let sent = join_all(writers.iter_mut().zip(shares).filter_map(|(writer, share)| share.map(|share| writer.send_ready(share)))).await;
+    let sent = join_all(writers.iter_mut().zip(shares).filter_map(|(writer, share)| share.map(|share| writer.send_ready(share, gate)))).await;
     if let Some(error) = sent.into_iter().find_map(Result::err) {
         rollback_all(writers).await;
         return Err(error);

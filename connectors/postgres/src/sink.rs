@@ -15,11 +15,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::try_join_all;
+use futures_util::SinkExt;
 use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Sink, TableId, TableSchema, Value};
 use tokio_postgres::types::ToSql;
+use tokio::sync::Notify;
 use tokio_postgres::{Client, Statement};
 
 use crate::apply_sql::{self, plan_for, ApplyPlan, TextArray};
@@ -78,6 +82,14 @@ enum ReadyBody {
 }
 
 impl ReadyBatch {
+    /// How many COPYs its statements start with (see [`CopyGate`]).
+    pub fn leading_copies(&self) -> usize {
+        match &self.body {
+            ReadyBody::Rows(runs) => runs.iter().take_while(|run| matches!(run.values, RunValues::Copy(_))).count(),
+            ReadyBody::Mixed(_) => 0,
+        }
+    }
+
     /// Row changes in the batch (after filters and transforms).
     pub fn changes(&self) -> usize {
         self.changes
@@ -171,7 +183,7 @@ impl PgSink {
     pub async fn write_ready(&mut self, ready: ReadyBatch) -> Result<Option<Commit>, ConnectorError> {
         let ReadyBatch { body, commit, lock, advance, .. } = ready;
         let changes = match body {
-            ReadyBody::Rows(runs) => return write_rows(&self.client, &self.store, &mut self.tx, runs, commit, lock, advance).await,
+            ReadyBody::Rows(runs) => return write_rows(&self.client, &self.store, &mut self.tx, runs, commit, lock, advance, None).await,
             ReadyBody::Mixed(changes) => changes,
         };
         let frame = Frame::around(self.tx.open, lock, advance);
@@ -206,10 +218,15 @@ impl PgSink {
             };
             return (written, readied);
         }
+        let gate = CopyGate::new(ready.leading_copies());
         let ReadyBatch { body: ReadyBody::Rows(runs), commit, lock, advance, .. } = ready else { unreachable!("rows") };
         let PgSink { client, store, planner, tx } = self;
-        let writing = write_rows(client, store, tx, runs, commit, lock, advance);
+        let writing = async {
+            let _open_at_end = gate.opener();
+            write_rows(client, store, tx, runs, commit, lock, advance, Some(&gate)).await
+        };
         let readying = async {
+            gate.opened().await;
             match next.await {
                 Some(batch) => planner.ready(client, store, &batch).await.map(Some),
                 None => Ok(None),
@@ -246,7 +263,7 @@ impl PgSink {
     }
 
     async fn flush(&mut self, pending: &mut Vec<PreparedRun>, frame: Frame) -> Result<(), ConnectorError> {
-        send_runs(&self.client, &self.store, &mut self.tx, std::mem::take(pending), frame).await
+        send_runs(&self.client, &self.store, &mut self.tx, std::mem::take(pending), frame, None).await
     }
 
     async fn truncate(
@@ -353,13 +370,14 @@ impl SinkWriter<'_> {
     }
 
     /// Sends a readied batch of row changes, inside the open transaction or one it begins, and
-    /// leaves it open: the caller commits or rolls back. Any failure rolls back.
-    pub async fn send_ready(&mut self, ready: ReadyBatch) -> Result<(), ConnectorError> {
+    /// leaves it open: the caller commits or rolls back. Any failure rolls back. Its leading
+    /// COPYs count down `gate` as their data is sent.
+    pub async fn send_ready(&mut self, ready: ReadyBatch, gate: &CopyGate) -> Result<(), ConnectorError> {
         let ReadyBatch { body: ReadyBody::Rows(runs), lock, advance, .. } = ready else {
             return Err(ConnectorError::bug("a batch with a schema change or TRUNCATE was sent without its commit"));
         };
         let frame = Frame::around(self.tx.open, lock, advance);
-        let sent = send_runs(self.client, self.store, self.tx, runs, frame).await;
+        let sent = send_runs(self.client, self.store, self.tx, runs, frame, Some(gate)).await;
         if sent.is_err() {
             self.rollback().await;
         }
@@ -462,10 +480,13 @@ impl Planner {
     }
 
     async fn prepare_run(&mut self, client: &Client, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
-        let (sql, columns) = apply_sql::statement(plan, kind, changes[0]);
-        let statement = self.statement(client, sql).await?;
-        let arrays = apply_sql::arrays(plan, &columns, changes);
-        Ok(PreparedRun { statement, arrays, kind, rows: changes.len() as u64, table: plan.target().clone() })
+        let (statement, values) = if kind == RunKind::Insert && changes.len() >= apply_sql::COPY_MIN_ROWS {
+            (self.statement(client, apply_sql::copy_sql(plan)).await?, RunValues::Copy(apply_sql::copy_data(changes)))
+        } else {
+            let (sql, columns) = apply_sql::statement(plan, kind, changes[0]);
+            (self.statement(client, sql).await?, RunValues::Arrays(apply_sql::arrays(plan, &columns, changes)))
+        };
+        Ok(PreparedRun { statement, values, kind, rows: changes.len() as u64, table: plan.target().clone() })
     }
 
     /// Plans `batch` and encodes its values (see `PgSink::ready`).
@@ -499,7 +520,14 @@ impl Sink for PgSink {
 /// Sends the prepared runs pipelined, inside `frame` (the transaction's start before them,
 /// the checkpoint's advance after them), and checks each did what it should: a batch costs
 /// one round trip here and one for its COMMIT.
-async fn send_runs(client: &Client, store: &CheckpointStore, tx: &mut TxState, runs: Vec<PreparedRun>, frame: Frame) -> Result<(), ConnectorError> {
+async fn send_runs(
+    client: &Client,
+    store: &CheckpointStore,
+    tx: &mut TxState,
+    runs: Vec<PreparedRun>,
+    frame: Frame,
+    gate: Option<&CopyGate>,
+) -> Result<(), ConnectorError> {
     if runs.is_empty() && frame.is_empty() {
         return Ok(());
     }
@@ -509,10 +537,7 @@ async fn send_runs(client: &Client, store: &CheckpointStore, tx: &mut TxState, r
             None => Ok(None),
         }
     };
-    let applied = try_join_all(runs.iter().map(|run| async move {
-        let params: Vec<&(dyn ToSql + Sync)> = run.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        client.execute(&run.statement, &params).await.map(|n| (n, run)).map_err(|e| (e, run))
-    }));
+    let applied = try_join_all(runs.iter().map(|run| async move { run.send(client, gate).await.map(|n| (n, run)).map_err(|e| (e, run)) }));
     let advance = async {
         let Some((statement, params)) = &frame.advance else { return Ok(None) };
         client.execute(statement, &params.params()).await.map(Some).context(|| "cannot advance the checkpoint".into())
@@ -566,6 +591,7 @@ fn check_repairs(tx: &TxState, version: i64) -> Result<(), ConnectorError> {
 
 /// A batch of row changes: its statements and the checkpoint's advance in one round trip,
 /// then (at the source transaction's end) COMMIT. Any failure rolls the transaction back.
+#[allow(clippy::too_many_arguments)]
 async fn write_rows(
     client: &Client,
     store: &CheckpointStore,
@@ -574,9 +600,10 @@ async fn write_rows(
     commit: Option<Commit>,
     lock: Statement,
     advance: Option<(Statement, AdvanceParams)>,
+    gate: Option<&CopyGate>,
 ) -> Result<Option<Commit>, ConnectorError> {
     let frame = Frame::around(tx.open, lock, advance);
-    if let Err(error) = send_runs(client, store, tx, runs, frame).await {
+    if let Err(error) = send_runs(client, store, tx, runs, frame, gate).await {
         rollback(client, tx).await;
         return Err(error);
     }
@@ -678,8 +705,83 @@ fn one_by_one(table: &TableId, learn: bool) -> bool {
 
 struct PreparedRun {
     statement: Statement,
-    arrays: Vec<TextArray>,
+    values: RunValues,
     kind: RunKind,
     rows: u64,
     table: TableId,
+}
+
+/// A run's values: the statement's array parameters, or a COPY's data.
+enum RunValues {
+    Arrays(Vec<TextArray>),
+    Copy(Bytes),
+}
+
+impl PreparedRun {
+    /// Sends the run; the rows it affected. Runs sent one after another are pipelined, a COPY
+    /// too: its data follows once the server has reached it (one round trip's wait), and then
+    /// counts down `gate`.
+    async fn send(&self, client: &Client, gate: Option<&CopyGate>) -> Result<u64, tokio_postgres::Error> {
+        match &self.values {
+            RunValues::Arrays(arrays) => {
+                let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                client.execute(&self.statement, &params).await
+            }
+            RunValues::Copy(data) => {
+                let sink = client.copy_in::<_, Bytes>(&self.statement).await?;
+                futures_util::pin_mut!(sink);
+                sink.send(data.clone()).await?;
+                if let Some(gate) = gate {
+                    gate.copy_sent();
+                }
+                sink.as_mut().finish().await
+            }
+        }
+    }
+}
+
+/// Holds back readying the next batch until the COPYs that lead the batch being written have
+/// sent their data. A COPY's data can go only once the target has reached the COPY and this
+/// task runs again, and readying a batch holds the task for milliseconds: the target would
+/// wait that long at each COPY. So the grouping puts insert runs first in their layer, and
+/// readying starts once their data is out (a round trip after the batch's statements).
+pub struct CopyGate {
+    left: AtomicUsize,
+    opened: Notify,
+}
+
+impl CopyGate {
+    pub fn new(copies: usize) -> CopyGate {
+        CopyGate { left: AtomicUsize::new(copies), opened: Notify::new() }
+    }
+
+    fn copy_sent(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.opened.notify_waiters();
+        }
+    }
+
+    /// Opens the gate when dropped: a write that failed or ended sends no more COPYs. The write
+    /// holds it, so readying never waits for a write that never waits for readying.
+    pub fn opener(&self) -> impl Drop + '_ {
+        struct Opener<'a>(&'a CopyGate);
+        impl Drop for Opener<'_> {
+            fn drop(&mut self) {
+                self.0.left.store(0, Ordering::Release);
+                self.0.opened.notify_waiters();
+            }
+        }
+        Opener(self)
+    }
+
+    /// Waits until the leading COPYs' data is sent, or the write ended.
+    pub async fn opened(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if self.left.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            opened.await;
+        }
+    }
 }
