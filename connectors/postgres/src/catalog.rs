@@ -161,7 +161,8 @@ pub fn untransferable_type(type_name: &str) -> Option<&'static str> {
     }
 }
 
-/// What a target table says about reordering changes (see `grouping`).
+/// What a target table says about reordering changes (see `grouping`), for this session.
+#[derive(Debug)]
 pub struct ReorderTies {
     /// A unique index on other columns than `key`, an exclusion constraint, or a foreign key to
     /// itself that is checked at once: its changes keep their order among themselves.
@@ -170,6 +171,9 @@ pub struct ReorderTies {
     pub linked: Vec<TableId>,
 }
 
+/// Reads `table`'s ties as the session applies. A foreign key ties nothing where its checks do
+/// not fire in this session: applying as a replica (`session_replication_role = replica`, as
+/// Switchyard applies by default) skips them, unless they were enabled ALWAYS or REPLICA.
 pub async fn reorder_ties(client: &Client, table: &TableId, key: &[&str]) -> Result<ReorderTies, ConnectorError> {
     let name = quote_table(table);
     let unique = client
@@ -192,7 +196,11 @@ pub async fn reorder_ties(client: &Client, table: &TableId, key: &[&str]) -> Res
                JOIN pg_class o ON o.oid = CASE WHEN c.contype = 'x' THEN c.conrelid WHEN c.conrelid = $1::text::regclass THEN c.confrelid ELSE c.conrelid END
                JOIN pg_namespace n ON n.oid = o.relnamespace
               WHERE (c.conrelid = $1::text::regclass OR c.confrelid = $1::text::regclass)
-                AND ((c.contype = 'f' AND NOT c.condeferrable) OR c.contype = 'x')",
+                AND ((c.contype = 'f' AND NOT c.condeferrable
+                      AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgconstraint = c.oid
+                                     AND t.tgenabled = ANY (CASE current_setting('session_replication_role')
+                                                            WHEN 'replica' THEN '{A,R}'::\"char\"[] ELSE '{O,A}'::\"char\"[] END)))
+                      OR c.contype = 'x')",
             &[&name],
         )
         .await
