@@ -56,6 +56,9 @@ pub struct Stream<'a> {
     pub dir: &'a Path,
     pub users: u64,
     pub orders: u64,
+    /// The plain pipeline (single-tenant tables, as native's; already copied, stopped): it
+    /// catches up on the same backlog, the same work native does.
+    pub plain: Option<PathBuf>,
     /// Records each catch-up with perf and prints where its processes spent their time.
     pub profile: bool,
 }
@@ -135,7 +138,10 @@ impl Stream<'_> {
         let (changes, goal) = self.backlog(transactions);
         println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
 
-        self.switchyard_catch_up(figures, "catch_up", &self.pipeline, changes, &goal);
+        self.switchyard_catch_up(figures, "catch_up", ("switchyard", "switchyard_tenantize"), &self.pipeline, changes, &goal);
+        if let Some(plain) = &self.plain {
+            self.switchyard_catch_up(figures, "catch_up", ("switchyard_plain", "switchyard_plain"), plain, changes, &goal);
+        }
 
         // The ceiling: the walsender decoding the same backlog for a client that only reads it.
         let started = Instant::now();
@@ -162,24 +168,27 @@ impl Stream<'_> {
         assert!(text.contains("[apply]\n"), "the pipeline has no [apply] section");
         std::fs::write(&pipeline, text.replace("[apply]\n", &format!("[apply]\nparallel = {lanes}\n"))).unwrap();
 
-        self.switchyard_catch_up(figures, "catch_up_lanes", &pipeline, changes, &goal);
+        self.switchyard_catch_up(figures, "catch_up_lanes", ("switchyard", "switchyard_tenantize"), &pipeline, changes, &goal);
         self.native_catch_up(figures, "catch_up_lanes", changes, &goal);
     }
 
-    /// Switchyard run on `pipeline` until its slot reached `goal`: `figure`, its CPU and peak RSS.
-    fn switchyard_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, pipeline: &Path, changes: f64, goal: &str) {
+    /// Switchyard run on `pipeline` until its slot reached `goal`: `figure` for `tool`, its CPU
+    /// and peak RSS.
+    fn switchyard_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, (tool, slot): (&'static str, &str), pipeline: &Path, changes: f64, goal: &str) {
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard_with(pipeline);
-        let (seconds, peak) = self.time_until("switchyard_tenantize", goal, started, Some(&mut run));
-        self.print_catch_up_cpu("switchyard", seconds, busy, Some(run.id()));
+        let (seconds, peak) = self.time_until(slot, goal, started, Some(&mut run));
+        self.print_catch_up_cpu(tool, seconds, busy, Some(run.id()));
         if let Some(recording) = recording {
-            recording.finish(figure, "switchyard", &self.consumer_pids("switchyard", Some(run.id())), profile::CATCH_UP_TARGET);
+            recording.finish(figure, tool, &self.consumer_pids(tool, Some(run.id())), profile::CATCH_UP_TARGET);
         }
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
-        self.record(figures, figure, "switchyard", changes / seconds, "changes/s", seconds);
-        figures.push(Figure { figure: format!("peak_rss_{figure}"), tool: "switchyard", value: peak as f64, unit: "MiB" });
+        self.record(figures, figure, tool, changes / seconds, "changes/s", seconds);
+        if tool == "switchyard" {
+            figures.push(Figure { figure: format!("peak_rss_{figure}"), tool, value: peak as f64, unit: "MiB" });
+        }
     }
 
     /// The native subscription enabled until its slot reached `goal`: `figure` and its CPU.
@@ -294,10 +303,10 @@ impl Stream<'_> {
     /// on the target, and Switchyard's own process.
     fn consumer_pids(&self, tool: &str, switchyard: Option<u32>) -> Vec<(&'static str, Vec<u32>)> {
         let pids = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
-        let application = if tool == "switchyard" { "switchyard" } else { "bench_native" };
+        let application = if tool == "native" { "bench_native" } else { "switchyard" };
         let walsender =
             pids(self.source.psql("app", &format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_replication WHERE application_name = '{application}'")));
-        let applier = if tool == "switchyard" {
+        let applier = if tool != "native" {
             "application_name = 'switchyard' AND backend_type = 'client backend'"
         } else {
             "backend_type = 'logical replication worker'"
