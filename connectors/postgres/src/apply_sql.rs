@@ -39,7 +39,7 @@ impl ApplyPlan {
 pub(crate) fn statement(plan: &ApplyPlan, kind: RunKind, first: &Change) -> (String, Vec<ParamSource>) {
     match kind {
         RunKind::Insert => insert_sql(plan),
-        RunKind::Update => update_sql(plan, &present_columns(first)),
+        RunKind::Update => update_sql(plan, &present_columns(first), moves_key(first)),
         RunKind::Delete => delete_sql(plan),
     }
 }
@@ -123,6 +123,12 @@ pub fn plan_for(shaped: &TableSchema, target: &TableInfo) -> Result<ApplyPlan, C
     })
 }
 
+/// Whether an update moves its row to another key (the grouping gives such updates statements
+/// of their own).
+fn moves_key(change: &Change) -> bool {
+    matches!(change, Change::Update { old_key: Some(_), .. })
+}
+
 fn present_columns(change: &Change) -> Vec<bool> {
     match change {
         Change::Update { row, .. } => row.iter().map(|v| *v != Value::Unchanged).collect(),
@@ -154,11 +160,17 @@ fn insert_sql(plan: &ApplyPlan) -> (String, Vec<ParamSource>) {
     (sql, (0..n).map(ParamSource::Column).collect())
 }
 
-fn update_sql(plan: &ApplyPlan, present: &[bool]) -> (String, Vec<ParamSource>) {
+/// The statement for updates that carry the `present` columns. The key columns are set only
+/// where the updates move their rows (`moves_key`), or where they carry nothing else: otherwise
+/// they hold the values the rows are found by, and parsing them again per row is the target's
+/// work for nothing.
+fn update_sql(plan: &ApplyPlan, present: &[bool], moves_key: bool) -> (String, Vec<ParamSource>) {
     let mut params: Vec<ParamSource> = plan.key.iter().enumerate().map(|(n, _)| ParamSource::OldKey(n)).collect();
+    let carried = |column: usize| present.get(column) == Some(&true);
+    let only_key = (0..plan.column_names.len()).filter(|&c| carried(c)).all(|c| plan.key.contains(&c));
     let mut sets = Vec::new();
     for (column, name) in plan.column_names.iter().enumerate() {
-        if present.get(column) == Some(&true) {
+        if carried(column) && (moves_key || only_key || !plan.key.contains(&column)) {
             params.push(ParamSource::Column(column));
             sets.push(format!("{} = u.p{}::{}", quote_ident(name), params.len(), plan.type_names[column]));
         }
@@ -387,6 +399,24 @@ pub(crate) mod tests {
         in_key_order(&plan, &mut ordered);
         let ids: Vec<&str> = ordered.iter().map(|c| text(key_value(c, 1, &plan))).collect();
         assert_eq!(ids, ["4", "30", "200"]);
+    }
+
+    /// An update sets the columns it carries; the key columns only where it moves its row (or
+    /// carries nothing else), since the row is found by their values.
+    #[test]
+    fn updates_set_the_key_only_where_it_moves() {
+        let (table, plan) = orders();
+        let row = vec![Value::text("t1"), Value::text("42"), Value::text("paid")];
+        let stays = Change::Update { table: table.clone(), old_key: None, row: row.clone() };
+        let (sql, params) = statement(&plan, RunKind::Update, &stays);
+        assert!(sql.contains("SET \"status\" = u.p3::text FROM"), "{sql}");
+        assert_eq!(params.len(), 3);
+        let moves = Change::Update { table: table.clone(), old_key: Some(vec![Value::text("t1"), Value::text("7")]), row };
+        let (sql, _) = statement(&plan, RunKind::Update, &moves);
+        assert!(sql.contains("SET \"tenant_id\" = u.p3::uuid, \"id\" = u.p4::bigint, \"status\" = u.p5::text FROM"), "{sql}");
+        let key_only = Change::Update { table: table.clone(), old_key: None, row: vec![Value::text("t1"), Value::text("42"), Value::Unchanged] };
+        let (sql, _) = statement(&plan, RunKind::Update, &key_only);
+        assert!(sql.contains("SET \"tenant_id\" = u.p3::uuid, \"id\" = u.p4::bigint FROM"), "{sql}");
     }
 
     fn text(value: Option<&[u8]>) -> &str {

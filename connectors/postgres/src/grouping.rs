@@ -70,14 +70,16 @@ pub struct Group {
 }
 
 /// What makes two changes share a statement: kind, table schema, and (updates) which columns
-/// the change carries (TOASTed values left unchanged are not written). Borrows the update's row
-/// rather than copying which columns it carries: this runs once per change.
+/// the change carries (TOASTed values left unchanged are not written) and whether it moves its
+/// row to another key. Borrows the update's row rather than copying which columns it carries:
+/// this runs once per change.
 #[derive(Clone, Copy)]
 struct Shape<'a> {
     kind: Kind,
     table: usize,
     /// An update's row, compared by which of its values are present.
     row: Option<&'a [Value]>,
+    moves_key: bool,
 }
 
 impl PartialEq for Shape<'_> {
@@ -87,6 +89,7 @@ impl PartialEq for Shape<'_> {
         };
         self.kind == other.kind
             && self.table == other.table
+            && self.moves_key == other.moves_key
             && match (self.row, other.row) {
                 (Some(row), Some(other)) => present(row, other),
                 (None, None) => true,
@@ -101,6 +104,7 @@ impl Hash for Shape<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.kind.hash(state);
         self.table.hash(state);
+        self.moves_key.hash(state);
         for value in self.row.unwrap_or_default() {
             (*value == Value::Unchanged).hash(state);
         }
@@ -123,7 +127,8 @@ fn shape_of(change: &Change) -> Option<(Shape<'_>, &Arc<TableSchema>)> {
         Change::Update { row, .. } => Some(row.as_slice()),
         _ => None,
     };
-    Some((Shape { kind, table: Arc::as_ptr(table) as usize, row }, table))
+    let moves_key = matches!(change, Change::Update { old_key: Some(_), .. });
+    Some((Shape { kind, table: Arc::as_ptr(table) as usize, row, moves_key }, table))
 }
 
 /// Hashes of the keys a change touches (its row's, and before a key update, the old one), each

@@ -85,7 +85,7 @@ impl ReadyBatch {
     /// How many COPYs its statements start with (see [`CopyGate`]).
     pub fn leading_copies(&self) -> usize {
         match &self.body {
-            ReadyBody::Rows(runs) => runs.iter().take_while(|run| matches!(run.values, RunValues::Copy(_))).count(),
+            ReadyBody::Rows(runs) => leading_copies(runs),
             ReadyBody::Mixed(_) => 0,
         }
     }
@@ -537,7 +537,11 @@ async fn send_runs(
             None => Ok(None),
         }
     };
-    let applied = try_join_all(runs.iter().map(|run| async move { run.send(client, gate).await.map(|n| (n, run)).map_err(|e| (e, run)) }));
+    let leading = leading_copies(&runs);
+    let applied = try_join_all(runs.iter().enumerate().map(|(index, run)| async move {
+        let gate = gate.filter(|_| index < leading);
+        run.send(client, gate).await.map(|n| (n, run)).map_err(|e| (e, run))
+    }));
     let advance = async {
         let Some((statement, params)) = &frame.advance else { return Ok(None) };
         client.execute(statement, &params.params()).await.map(Some).context(|| "cannot advance the checkpoint".into())
@@ -711,6 +715,10 @@ struct PreparedRun {
     table: TableId,
 }
 
+fn leading_copies(runs: &[PreparedRun]) -> usize {
+    runs.iter().take_while(|run| matches!(run.values, RunValues::Copy(_))).count()
+}
+
 /// A run's values: the statement's array parameters, or a COPY's data.
 enum RunValues {
     Arrays(Vec<TextArray>),
@@ -720,7 +728,7 @@ enum RunValues {
 impl PreparedRun {
     /// Sends the run; the rows it affected. Runs sent one after another are pipelined, a COPY
     /// too: its data follows once the server has reached it (one round trip's wait), and then
-    /// counts down `gate`.
+    /// counts down `gate` (given to the leading COPYs).
     async fn send(&self, client: &Client, gate: Option<&CopyGate>) -> Result<u64, tokio_postgres::Error> {
         match &self.values {
             RunValues::Arrays(arrays) => {
@@ -783,5 +791,38 @@ impl CopyGate {
             }
             opened.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    fn is_open(gate: &CopyGate) -> bool {
+        let waiting = std::pin::pin!(gate.opened());
+        waiting.poll(&mut Context::from_waker(Waker::noop())) == Poll::Ready(())
+    }
+
+    /// Readying waits for the leading COPYs' data, and never for a write that ended without
+    /// sending it.
+    #[test]
+    fn the_gate_opens_when_the_leading_copies_are_sent_or_the_write_ends() {
+        assert!(is_open(&CopyGate::new(0)), "nothing to wait for");
+        let gate = CopyGate::new(2);
+        assert!(!is_open(&gate));
+        gate.copy_sent();
+        assert!(!is_open(&gate), "one COPY of two sent");
+        gate.copy_sent();
+        assert!(is_open(&gate));
+
+        let failed = CopyGate::new(3);
+        {
+            let _writing = failed.opener();
+            failed.copy_sent();
+            assert!(!is_open(&failed));
+        }
+        assert!(is_open(&failed), "the write ended: nothing more will be sent");
     }
 }
