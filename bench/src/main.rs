@@ -382,19 +382,7 @@ fn main() {
     target.psql("native", switchyard::demo::SOURCE_SCHEMA);
     source.psql("app", "CREATE PUBLICATION bench_native FOR TABLE users, orders;");
     settle(&source, &target);
-    let started = Instant::now();
-    target.psql(
-        "native",
-        &format!(
-            "CREATE SUBSCRIPTION bench_native CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres' PUBLICATION bench_native WITH (copy_data = true);",
-            source.port()
-        ),
-    );
-    let mut session = session::Session::open(&target, "native");
-    while session.query("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    record("snapshot", "native", started.elapsed().as_secs_f64());
+    record("snapshot", "native", native_initial_sync(&source, &target, "native", "bench_native"));
     // Kept, disabled, for the catch-up and lag figures.
     target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE;");
 
@@ -406,19 +394,7 @@ fn main() {
         target.create_database("native_tenants");
         target.psql("native_tenants", &switchyard::demo::target_schema());
         settle(&source, &target);
-        let started = Instant::now();
-        target.psql(
-            "native_tenants",
-            &format!(
-                "CREATE SUBSCRIPTION bench_native_tenants CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres' PUBLICATION bench_native WITH (copy_data = true);",
-                source.port()
-            ),
-        );
-        let mut session = session::Session::open(&target, "native_tenants");
-        while session.query("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        record("snapshot", "native_tenantized", started.elapsed().as_secs_f64());
+        record("snapshot", "native_tenantized", native_initial_sync(&source, &target, "native_tenants", "bench_native_tenants"));
         target.psql("native_tenants", "DROP SUBSCRIPTION bench_native_tenants;");
     }
 
@@ -541,6 +517,24 @@ fn main() {
     figures.push(Figure { figure: "peak_rss_snapshot".into(), tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
     figures.push(Figure { figure: "incremental".into(), tool: "switchyard", value: incremental_share, unit: "% rows of full" });
     report(&figures, scale);
+}
+
+/// Subscribes `database` on the target to the source's publication `bench_native`, copying its
+/// rows; seconds until every table is synced.
+fn native_initial_sync(source: &PgCluster, target: &PgCluster, database: &str, subscription: &str) -> f64 {
+    let started = Instant::now();
+    target.psql(
+        database,
+        &format!(
+            "CREATE SUBSCRIPTION {subscription} CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres' PUBLICATION bench_native WITH (copy_data = true);",
+            source.port()
+        ),
+    );
+    let mut session = session::Session::open(target, database);
+    while session.query("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed().as_secs_f64()
 }
 
 /// Backends serving Switchyard on the session's server, with the parallel workers they lead.
