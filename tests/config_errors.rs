@@ -136,3 +136,33 @@ fn a_standby_on_either_side_is_refused_before_anything_is_written() {
     assert_eq!(primary.psql("app", "SELECT count(*) FROM pg_publication"), "0", "a publication was created");
     assert_eq!(primary.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'"), "0", "a slot was created");
 }
+
+/// A target table whose row-level security applies to the target user (its policies enabled,
+/// the user neither its owner nor BYPASSRLS) is named with the fix by `check`, and `run` refuses
+/// it before writing anything: COPY cannot load it, and its policies would hide applied rows.
+#[test]
+fn row_level_security_on_a_target_table_is_named_before_anything_is_written() {
+    let pair = Pair::start();
+    pair.source.psql("app", "CREATE TABLE t (id int PRIMARY KEY, tenant text); INSERT INTO t VALUES (1, 'a');");
+    pair.target.psql(
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, tenant text);
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY own_tenant ON t USING (tenant = current_setting('app.tenant', true));
+         CREATE ROLE shadow LOGIN; GRANT CREATE ON DATABASE app TO shadow; GRANT SELECT, INSERT, UPDATE, DELETE ON t TO shadow;",
+    );
+    let pipeline = pair.pipeline("rls", "tables = ['t']\n[target]\ntype = \"postgres\"\nurl = \"TARGET_URL\"\n");
+    let as_shadow = std::fs::read_to_string(&pipeline).unwrap().replace(&pair.target.url("app"), &pair.target.url("app").replace("postgres@", "shadow@"));
+    std::fs::write(&pipeline, as_shadow).unwrap();
+    let remedy = "target table public.t has row-level security that applies to shadow";
+    let (status, text) = switchyard(&["check"], &pipeline);
+    assert!(!status.success() && text.contains(remedy) && text.contains("ALTER ROLE shadow BYPASSRLS"), "{text}");
+    let (status, text) = switchyard(&["run"], &pipeline);
+    assert!(!status.success() && text.contains(remedy), "{text}");
+    assert_eq!(pair.target.psql("app", "SELECT to_regnamespace('switchyard') IS NULL"), "t", "the checkpoint schema was created");
+    assert_eq!(pair.source.psql("app", "SELECT count(*) FROM pg_replication_slots"), "0", "a slot was created");
+
+    pair.target.psql("app", "ALTER ROLE shadow BYPASSRLS");
+    let (_, text) = switchyard(&["check"], &pipeline);
+    assert!(!text.contains(remedy), "{text}");
+}

@@ -284,6 +284,10 @@ async fn check_target(
                 ));
             }
         }
+        if pg_catalog::row_security_applies(target, &shaped.id).await? {
+            let user: String = target.query_one("SELECT current_user::text", &[]).await?.get(0);
+            problems.push(Problem::new(format!("target table {}", shaped.id), pg_catalog::row_security_remedy(&shaped.id, &user)));
+        }
         if let Err(e) = switchyard_postgres::apply_sql::plan_for(shaped, &info) {
             problems.push(Problem::new(format!("target table {}", shaped.id), e.to_string()));
         }

@@ -54,17 +54,23 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
     // Refused before the controller or the pipeline writes anything. A side that cannot be
     // reached yet is left to the pipeline, which waits for it.
     let (source, target) = tokio::join!(endpoints.source.connect(), endpoints.target.connect());
-    if let Ok(source) = source {
-        registry::refuse_standby(&source, &endpoints.source, "source").await?;
+    if let Ok(source) = &source {
+        registry::refuse_standby(source, &endpoints.source, "source").await?;
     }
-    match target {
+    let target = match target {
         Ok(target) => {
             registry::refuse_standby(&target, &endpoints.target, "target").await?;
             registry::check_lanes_allowed(&target, endpoints.target.user(), file.apply.parallel).await?;
+            Some(target)
         }
         // Lanes are checked before anything is written, or not at all.
         Err(error) if file.apply.parallel > 1 => return Err(error.into()),
-        Err(_) => {}
+        Err(_) => None,
+    };
+    if let (Ok(source), Some(target)) = (&source, &target) {
+        let tables = crate::runtime::load_source_tables(source, &file).await?;
+        let mut shaper = crate::transform::Shaper::new(crate::transform::chain(&file)?);
+        crate::runtime::refuse_row_security(target, &mut shaper, &tables, endpoints.target.user()).await?;
     }
     let touched = file.verify.continuous.then(|| Touched::new(file.verify.continuous_chunk_rows));
     let (running_sender, running) = watch::channel(None);
