@@ -10,13 +10,14 @@
 //!
 //! Flags: `switchyard-bench --help` (the `Args` below); `--profile` is explained in profile.rs.
 
+mod copies;
 mod profile;
 mod session;
 mod stream;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
@@ -26,53 +27,6 @@ pub struct Figure {
     tool: &'static str,
     value: f64,
     unit: &'static str,
-}
-
-/// `copy_out` on the source's app database piped by two psql processes into `copy_in` on the
-/// target's `database`, applied as a replica (as every tool here applies).
-fn bare_copy(source: &PgCluster, target: &PgCluster, database: &str, copy_out: &str, copy_in: &str) {
-    let psql = |cluster: &PgCluster, database: &str| {
-        let mut command = Command::new(cluster.bin("psql"));
-        command.args(["-X", "-q", "-h", &cluster.socket_dir().display().to_string(), "-p", &cluster.port().to_string()]);
-        command.args(["-U", "postgres", "-d", database]);
-        command
-    };
-    let mut reader = psql(source, "app").args(["-c", copy_out]).stdout(Stdio::piped()).spawn().unwrap();
-    let rows = reader.stdout.take().unwrap();
-    let writer = psql(target, database)
-        .args(["-c", "SET session_replication_role = replica", "-c", copy_in])
-        .stdin(rows)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(reader.wait().unwrap().success() && writer.success(), "bare COPY {copy_out} -> {copy_in} failed");
-}
-
-/// `copies` run by `parallel` streams at once, each taking the next copy when it is done.
-fn bare_copies(source: &PgCluster, target: &PgCluster, database: &str, copies: &[(String, String)], parallel: usize) {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..parallel {
-            scope.spawn(|| {
-                while let Some((out, into)) = copies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                    bare_copy(source, target, database, out, into);
-                }
-            });
-        }
-    });
-}
-
-/// `id` conditions splitting `table` into `parts` key ranges of about equal width.
-fn key_ranges(source: &PgCluster, table: &str, parts: usize) -> Vec<String> {
-    let bounds = source.psql("app", &format!("SELECT min(id) || ' ' || max(id) FROM {table}"));
-    let (lo, hi) = bounds.split_once(' ').map(|(a, b)| (a.parse::<i64>().unwrap(), b.parse::<i64>().unwrap() + 1)).unwrap();
-    let width = ((hi - lo) / parts as i64).max(1);
-    (0..parts as i64)
-        .map(|k| {
-            let from = lo + k * width;
-            if k + 1 == parts as i64 { format!("id >= {from}") } else { format!("id >= {from} AND id < {}", from + width) }
-        })
-        .collect()
 }
 
 /// Gives the fresh target cluster the WAL segments a running server would have to recycle.
@@ -110,13 +64,6 @@ fn warm_buffers(target: &PgCluster) {
             pages * 4 + 4096
         ),
     );
-}
-
-/// Before each timed copy: dirty pages written out on both clusters, so a checkpoint caused by
-/// an earlier tool's writes does not land on the next tool's copy.
-fn settle(source: &PgCluster, target: &PgCluster) {
-    source.psql("app", "CHECKPOINT");
-    target.psql("postgres", "CHECKPOINT");
 }
 
 /// The `[snapshot] parallel` of a pipeline file: the peers' copies get the same parallelism.
@@ -158,6 +105,10 @@ struct Args {
     /// Leave out the catch-up and lag figures.
     #[arg(long)]
     skip_stream: bool,
+    /// Rounds of the snapshot figures: every tool copies once per round, and the median of its
+    /// rounds counts (a copy's time varies by a tenth from one try to the next here).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    copy_rounds: usize,
     /// The Switchyard binary to measure (to compare two builds, run each in turn).
     #[arg(long, value_name = "PATH")]
     switchyard: Option<PathBuf>,
@@ -168,7 +119,7 @@ struct Args {
 }
 
 fn main() {
-    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, switchyard, profile } = clap::Parser::parse();
+    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, switchyard, profile } = clap::Parser::parse();
     let switchyard = switchyard.unwrap_or_else(release_binary);
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     // Shared buffers sized as a production server's would be, to hold the working set (the
@@ -208,10 +159,6 @@ fn main() {
         .parse()
         .unwrap();
     let mut figures = Vec::new();
-    let mut record = |figure: &str, tool: &'static str, seconds: f64| {
-        println!("figure={figure} tool={tool} seconds={seconds:.3} rows_per_s={:.0} mb_per_s={:.1}", rows / seconds, megabytes / seconds);
-        figures.push(Figure { figure: figure.to_string(), tool, value: rows / seconds, unit: "rows/s" });
-    };
 
     warm_wal(&target, scale);
     warm_buffers(&target);
@@ -224,34 +171,24 @@ fn main() {
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/tenantize.toml"), &pipeline).unwrap();
     // The peers' copies and the bare COPYs get the same parallelism as Switchyard's.
     let jobs = copy_parallelism(&pipeline);
-    settle(&source, &target);
+    copies::settle(&source, &target);
+    let mut samples = copies::Samples::default();
     let recording = profile::start(profile, &dir, "snapshot");
-    let started = Instant::now();
-    let mut run = Command::new(&switchyard)
-        .args(["run"])
-        .arg(&pipeline)
-        .env("SOURCE_URL", source.url("app"))
-        .env("TARGET_URL", target.url("switchyard"))
-        .env("SWITCHYARD_LOG", pipeline_log())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = run.id();
     let mut peak_rss = 0;
-    let mut session = session::Session::open(&target, "switchyard");
     // Under --profile, the backends that served the copy, seen while they lived.
-    let mut copy_backends = recording.as_ref().map(|_| (session::Session::open(&source, "app"), BTreeSet::new(), BTreeSet::new()));
-    while session.query("SELECT phase FROM switchyard.pipelines") != "streaming" {
-        peak_rss = peak_rss.max(rss_mib(pid));
-        assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
-        if let Some((source_session, on_source, on_target)) = &mut copy_backends {
+    let mut copy_backends =
+        recording.as_ref().map(|_| (session::Session::open(&source, "app"), session::Session::open(&target, "switchyard"), BTreeSet::new(), BTreeSet::new()));
+    let env = [("SOURCE_URL", source.url("app")), ("TARGET_URL", target.url("switchyard"))];
+    let (seconds, mut run) = copies::switchyard_copy(&switchyard, &pipeline, &env, &target, "switchyard", |run| {
+        peak_rss = peak_rss.max(rss_mib(run.id()));
+        if let Some((source_session, target_session, on_source, on_target)) = &mut copy_backends {
             on_source.extend(switchyard_backends(source_session));
-            on_target.extend(switchyard_backends(&mut session));
+            on_target.extend(switchyard_backends(target_session));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    record("snapshot", "switchyard", started.elapsed().as_secs_f64());
-    if let (Some(recording), Some((_, on_source, on_target))) = (recording, copy_backends) {
+    });
+    samples.push("switchyard", 0, seconds);
+    let pid = run.id();
+    if let (Some(recording), Some((_, _, on_source, on_target))) = (recording, copy_backends) {
         let groups = [("source", on_source.into_iter().collect()), ("target", on_target.into_iter().collect()), ("switchyard", vec![pid])];
         recording.finish("snapshot", "switchyard", &groups, profile::SNAPSHOT_TARGET);
     }
@@ -326,146 +263,25 @@ fn main() {
     unsafe { kill(pid as i32, 15) };
     run.wait().unwrap();
 
-    // The plain pipeline, stopped after its copy: it catches up on the backlog native does.
-    let mut plain_pipeline = None;
-    if !skip_peers {
-        // Switchyard into the same single-tenant schema the native subscription gets, no transform:
-        // what the pipeline costs apart from the multi-tenant target's wider keys.
-        target.create_database("plain");
-        target.psql("plain", switchyard::demo::SOURCE_SCHEMA);
-        let plain = dir.join("plain.toml");
-        std::fs::write(
-            &plain,
-            format!(
-                "[pipeline]\nname = \"plain\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"users\", \"orders\"]\n\
-                 [target]\ntype = \"postgres\"\nurl = \"{}\"\n[verify]\ncontinuous = false\n",
-                source.url("app"),
-                target.url("plain")
-            ),
-        )
-        .unwrap();
-        settle(&source, &target);
-        let started = Instant::now();
-        let mut run = Command::new(&switchyard).args(["run"]).arg(&plain).env("SWITCHYARD_LOG", pipeline_log()).stdout(Stdio::null()).spawn().unwrap();
-        let mut session = session::Session::open(&target, "plain");
-        while session.query("SELECT phase FROM switchyard.pipelines") != "streaming" {
-            assert!(run.try_wait().unwrap().is_none(), "switchyard run exited during the copy");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        record("snapshot", "switchyard_plain", started.elapsed().as_secs_f64());
-        unsafe { kill(run.id() as i32, 15) };
-        run.wait().unwrap();
-        plain_pipeline = Some(plain);
-
-        // pgcopydb clone, with the same parallelism.
-        target.create_database("pgcopydb");
-        let work = dir.join("pgcopydb");
-        let job_count = jobs.to_string();
-        settle(&source, &target);
-        let started = Instant::now();
-        let status = Command::new("pgcopydb")
-            .args(["clone", "--table-jobs", &job_count, "--index-jobs", &job_count, "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
-            .arg(&work)
-            .args(["--source", &source.url("app"), "--target", &target.url("pgcopydb")])
-            .env("PATH", format!("{}:{}", source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => record("snapshot", "pgcopydb", started.elapsed().as_secs_f64()),
-            other => eprintln!("pgcopydb clone did not run ({other:?}); install it with `make deps-bench`"),
-        }
+    // The peers' copies, then more rounds of every copy: the median of each tool's counts.
+    let copier = copies::Copies { source: &source, target: &target, switchyard: &switchyard, dir: &dir, jobs, skip_peers };
+    let plain_pipeline = copier.round(0, &mut samples);
+    for round in 1..copy_rounds.max(1) {
+        samples.push("switchyard", round, copier.tenantize_again(round, &pipeline));
+        copier.round(round, &mut samples);
     }
-
-    // Native logical replication's initial sync into the same single-tenant schema.
-    target.create_database("native");
-    target.psql("native", switchyard::demo::SOURCE_SCHEMA);
-    source.psql("app", "CREATE PUBLICATION bench_native FOR TABLE users, orders;");
-    settle(&source, &target);
-    record("snapshot", "native", native_initial_sync(&source, &target, "native", "bench_native"));
-    // Kept, disabled, for the catch-up and lag figures.
-    target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE;");
-
-    if !skip_peers {
-        // Native's initial sync into the multi-tenant tables Switchyard's copy fills (tenant_id
-        // from the column's default): the same rows into the same tables. Native cannot follow
-        // the stream there (the target's key has a column the source does not send), so the
-        // subscription goes once its copy is done.
-        target.create_database("native_tenants");
-        target.psql("native_tenants", &switchyard::demo::target_schema());
-        settle(&source, &target);
-        record("snapshot", "native_tenantized", native_initial_sync(&source, &target, "native_tenants", "bench_native_tenants"));
-        target.psql("native_tenants", "DROP SUBSCRIPTION bench_native_tenants;");
-    }
-
-    if !skip_peers {
-        // pg_dump | pg_restore.
-        target.create_database("dump");
-        settle(&source, &target);
-        let started = Instant::now();
-        let shell = format!(
-            "{} -Fc -h {} -p {} -U postgres app | {} --no-owner -h {} -p {} -U postgres -d dump",
-            source.bin("pg_dump").display(),
-            source.socket_dir().display(),
-            source.port(),
-            source.bin("pg_restore").display(),
-            target.socket_dir().display(),
-            target.port()
-        );
-        assert!(Command::new("bash").args(["-c", &shell]).status().unwrap().success(), "pg_dump | pg_restore failed");
-        record("snapshot", "pg_dump", started.elapsed().as_secs_f64());
-
-        // The limit: a bare COPY of the same rows into the same indexed tables, with the same
-        // parallelism (each table in as many key ranges as there are streams).
-        target.create_database("raw");
-        target.psql("raw", switchyard::demo::SOURCE_SCHEMA);
-        // The same key ranges feed the bare COPYs into the multi-tenant tables below, the tenant
-        // attached by the source query.
-        let (mut copies, mut tenanted) = (Vec::new(), Vec::new());
-        for (table, columns) in [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")] {
-            for range in key_ranges(&source, table, jobs) {
-                let out = |tenant: &str| format!("COPY (SELECT {tenant}{columns} FROM {table} WHERE {range}) TO STDOUT");
-                copies.push((out(""), format!("COPY {table} ({columns}) FROM STDIN")));
-                let tenant = format!("'{}'::uuid, ", switchyard::demo::TENANT);
-                tenanted.push((out(&tenant), format!("COPY {table} (tenant_id, {columns}) FROM STDIN")));
-            }
-        }
-        settle(&source, &target);
-        let started = Instant::now();
-        bare_copies(&source, &target, "raw", &copies, jobs);
-        record("snapshot", "bare_copy", started.elapsed().as_secs_f64());
-
-        // The limit for the tenantize copy: the same bare COPYs into the multi-tenant tables.
-        target.create_database("raw_tenants");
-        target.psql("raw_tenants", &switchyard::demo::target_schema());
-        settle(&source, &target);
-        let started = Instant::now();
-        bare_copies(&source, &target, "raw_tenants", &tenanted, jobs);
-        record("snapshot", "bare_copy_tenantized", started.elapsed().as_secs_f64());
-
-        // The limit for the way Switchyard copies: the same bare COPYs into the multi-tenant
-        // tables without the indexes it sets aside, then those indexes built, in parallel.
-        target.create_database("raw_deferred");
-        target.psql("raw_deferred", &switchyard::demo::target_schema());
-        let deferred = [("orders", "orders_pkey", "PRIMARY KEY (tenant_id, id)"), ("users", "users_tenant_id_email_key", "UNIQUE (tenant_id, email)")];
-        for (table, name, _) in deferred {
-            target.psql("raw_deferred", &format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
-        }
-        settle(&source, &target);
-        let started = Instant::now();
-        bare_copies(&source, &target, "raw_deferred", &tenanted, jobs);
-        std::thread::scope(|scope| {
-            for (table, name, definition) in deferred {
-                let target = &target;
-                scope.spawn(move || target.psql("raw_deferred", &format!("ALTER TABLE {table} ADD CONSTRAINT {name} {definition}")));
-            }
-        });
-        record("snapshot", "bare_copy_tenantized_deferred", started.elapsed().as_secs_f64());
+    for (tool, seconds, rounds) in samples.medians() {
+        println!("figure=snapshot tool={tool} rounds={rounds} median_seconds={seconds:.3} rows_per_s={:.0} mb_per_s={:.1}", rows / seconds, megabytes / seconds);
+        figures.push(Figure { figure: "snapshot".into(), tool, value: rows / seconds, unit: "rows/s" });
     }
 
     // Verification: Switchyard's pass vs `pgcopydb compare data`. Debian's pgcopydb 0.10 predates
     // that command, so its per-table checksum query (pgcopydb's schema.c) is run here the way it
     // runs it: every table at once, source and target concurrently.
+    let mut record = |figure: &str, tool: &'static str, seconds: f64| {
+        println!("figure={figure} tool={tool} seconds={seconds:.3} rows_per_s={:.0} mb_per_s={:.1}", rows / seconds, megabytes / seconds);
+        figures.push(Figure { figure: figure.to_string(), tool, value: rows / seconds, unit: "rows/s" });
+    };
     record("verify", "switchyard", verify_seconds);
     record("verify+integrity", "switchyard", verify_total);
     let checksum = |table: &str, columns: &str| {
@@ -517,24 +333,6 @@ fn main() {
     figures.push(Figure { figure: "peak_rss_snapshot".into(), tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
     figures.push(Figure { figure: "incremental".into(), tool: "switchyard", value: incremental_share, unit: "% rows of full" });
     report(&figures, scale);
-}
-
-/// Subscribes `database` on the target to the source's publication `bench_native`, copying its
-/// rows; seconds until every table is synced.
-fn native_initial_sync(source: &PgCluster, target: &PgCluster, database: &str, subscription: &str) -> f64 {
-    let started = Instant::now();
-    target.psql(
-        database,
-        &format!(
-            "CREATE SUBSCRIPTION {subscription} CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres' PUBLICATION bench_native WITH (copy_data = true);",
-            source.port()
-        ),
-    );
-    let mut session = session::Session::open(target, database);
-    while session.query("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") != "0" {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed().as_secs_f64()
 }
 
 /// Backends serving Switchyard on the session's server, with the parallel workers they lead.
@@ -599,7 +397,7 @@ fn targets(figures: &[Figure]) -> Vec<(String, f64, &'static str)> {
 /// Verification passes timed per tool; the median counts.
 const VERIFY_PASSES: usize = 3;
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
