@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use tokio::sync::watch;
 
 use crate::config;
@@ -68,9 +68,7 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
         Err(_) => None,
     };
     if let (Ok(source), Some(target)) = (&source, &target) {
-        let tables = crate::runtime::load_source_tables(source, &file).await?;
-        let mut shaper = crate::transform::Shaper::new(crate::transform::chain(&file)?);
-        crate::runtime::refuse_row_security(target, &mut shaper, &tables, endpoints.target.user()).await?;
+        refuse_row_security(source, target, &file, endpoints.target.user()).await?;
     }
     let touched = file.verify.continuous.then(|| Touched::new(file.verify.continuous_chunk_rows));
     let (running_sender, running) = watch::channel(None);
@@ -109,6 +107,19 @@ pub async fn run_file(file: &config::PipelineFile, listen: Option<std::net::Sock
     };
     controller.abort();
     result
+}
+
+/// Neither the copy nor apply can load a target table whose row-level security applies to the
+/// target user (`check` names it too; a cutover's gate checks the way back's tables).
+async fn refuse_row_security(source: &tokio_postgres::Client, target: &tokio_postgres::Client, file: &config::PipelineFile, user: &str) -> anyhow::Result<()> {
+    let mut shaper = crate::transform::Shaper::new(crate::transform::chain(file)?);
+    for table in crate::runtime::load_source_tables(source, file).await? {
+        let id = shaper.plan(&table).with_context(|| format!("cannot plan table {}", table.id))?.target.id.clone();
+        if registry::pg_catalog::row_security_applies(target, &id).await? {
+            bail!(registry::pg_catalog::row_security_remedy(&id, user));
+        }
+    }
+    Ok(())
 }
 
 async fn start_controller(

@@ -65,14 +65,13 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touche
     let endpoints = registry::endpoints(file)?;
     let (source, target) = tokio::join!(endpoints.source.connect(), endpoints.target.connect());
     let (source, mut target) = (source?, target?);
+    let store = registry::checkpoint_store(file);
+    store.ensure(&target).await?;
     let tables = load_source_tables(&source, file).await?;
     let mut shaper = Shaper::new(transform::chain(file)?);
     for table in &tables {
         shaper.plan(table).with_context(|| format!("cannot plan table {}", table.id))?;
     }
-    refuse_row_security(&target, &mut shaper, &tables, endpoints.target.user()).await?;
-    let store = registry::checkpoint_store(file);
-    store.ensure(&target).await?;
     let pipeline = Pipeline { file, endpoints, store, tables, shutdown, touched };
     let store = &pipeline.store;
     let record = match store.load(&target).await? {
@@ -103,24 +102,6 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touche
     }
     let repairs_version = store.repairs_version(&target).await?;
     stream::follow(&pipeline, source, target, shaper, seam, start, repairs_version).await
-}
-
-/// Refused before anything is written (`run` asks before it starts, and each run of a pipeline
-/// again): neither the copy nor apply can load a target table whose row-level security applies
-/// to the target user (see `check`).
-pub async fn refuse_row_security(
-    target: &tokio_postgres::Client,
-    shaper: &mut Shaper,
-    tables: &[Arc<TableSchema>],
-    user: &str,
-) -> anyhow::Result<()> {
-    for table in tables {
-        let id = shaper.plan(table).with_context(|| format!("cannot plan table {}", table.id))?.target.id.clone();
-        if pg_catalog::load_table(target, &id).await?.is_some() && pg_catalog::row_security_applies(target, &id).await? {
-            bail!(pg_catalog::row_security_remedy(&id, user));
-        }
-    }
-    Ok(())
 }
 
 /// Reads the configured tables from the source catalog; every missing table or key is an error.

@@ -125,7 +125,7 @@ pub fn plan_for(shaped: &TableSchema, target: &TableInfo) -> Result<ApplyPlan, C
 
 /// Whether an update moves its row to another key (the grouping gives such updates statements
 /// of their own).
-fn moves_key(change: &Change) -> bool {
+pub(crate) fn moves_key(change: &Change) -> bool {
     matches!(change, Change::Update { old_key: Some(_), .. })
 }
 

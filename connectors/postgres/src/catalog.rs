@@ -161,22 +161,22 @@ pub fn untransferable_type(type_name: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether row-level security applies to this session's user on `table` (an existing table):
+/// Whether row-level security applies to this session's user on `table` (false if it does not exist):
 /// its policies enabled, and the user neither a superuser, nor BYPASSRLS, nor the table's owner
 /// (unless the owner is forced too). COPY refuses to load such a table, and its policies would
 /// hide rows from applied updates and deletes or refuse inserts.
 pub async fn row_security_applies(client: &Client, table: &TableId) -> Result<bool, ConnectorError> {
     let row = client
-        .query_one(
+        .query_opt(
             "SELECT c.relrowsecurity
                     AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
                     AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user)
-               FROM pg_class c WHERE c.oid = $1::text::regclass",
+               FROM pg_class c WHERE c.oid = to_regclass($1)",
             &[&quote_table(table)],
         )
         .await
         .context(|| format!("cannot read the row-level security of {table}"))?;
-    Ok(row.get(0))
+    Ok(row.is_some_and(|row| row.get(0)))
 }
 
 /// What to do about a target table `row_security_applies` to, for `user`.

@@ -104,12 +104,10 @@ impl Durability {
     /// Starts at `resumed` (the checkpoint a run starts from): committed, perhaps by a run that
     /// died before the target flushed it.
     pub fn new(mode: CommitMode, resumed: Position) -> Durability {
+        // Committing asynchronously, it is not known to be on disk until a read of the
+        // target's WAL says so.
         let mut durability = Durability { mode, unbounded: None, bounded: VecDeque::new(), durable: None };
         durability.committed(resumed);
-        if mode == CommitMode::Asynchronous {
-            // Not known to be on disk until a read of the target's WAL says so.
-            durability.durable = None;
-        }
         durability
     }
 

@@ -46,9 +46,20 @@ impl Ties {
         self.linked.entry(b.clone()).or_default().insert(a.clone());
     }
 
+    /// Whether `table`'s changes keep their order among themselves: a unique index besides the
+    /// key, or applied one change per statement.
+    fn to_itself(&self, table: &TableId) -> bool {
+        self.ordered.contains(table) || self.one_by_one.contains(table)
+    }
+
+    /// Whether anything ties `table`'s changes to others' (or its own).
+    fn binds(&self, table: &TableId) -> bool {
+        self.to_itself(table) || self.linked.contains_key(table)
+    }
+
     fn tie(&self, a: &TableId, b: &TableId) -> bool {
         if a == b {
-            self.ordered.contains(a)
+            self.to_itself(a)
         } else {
             self.linked.get(a).is_some_and(|others| others.contains(b))
         }
@@ -127,8 +138,7 @@ fn shape_of(change: &Change) -> Option<(Shape<'_>, &Arc<TableSchema>)> {
         Change::Update { row, .. } => Some(row.as_slice()),
         _ => None,
     };
-    let moves_key = matches!(change, Change::Update { old_key: Some(_), .. });
-    Some((Shape { kind, table: Arc::as_ptr(table) as usize, row, moves_key }, table))
+    Some((Shape { kind, table: Arc::as_ptr(table) as usize, row, moves_key: crate::apply_sql::moves_key(change) }, table))
 }
 
 /// Hashes of the keys a change touches (its row's, and before a key update, the old one), each
@@ -172,13 +182,11 @@ pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
         let Some((shape, table)) = shape_of(change) else { continue };
         let keys = touched_key_hashes(change, shape.table, &hasher);
         let mut layer = keys.iter().flatten().filter_map(|key| rows.get(key)).map(|&last| last + 1).max().unwrap_or(0);
-        // A table applied one change per statement keeps its changes' order too.
-        let by_itself = ties.ordered.contains(&table.id) || ties.one_by_one.contains(&table.id);
-        let tied = by_itself || ties.linked.contains_key(&table.id);
+        let tied = ties.binds(&table.id);
         // The last group holding a change this one must follow by a tie, if any.
         let after = tied_last
             .iter()
-            .filter(|(other, _)| if **other == &table.id { by_itself } else { ties.tie(&table.id, other) })
+            .filter(|(other, _)| ties.tie(&table.id, other))
             .map(|(_, &place)| place)
             .max();
         if let Some((tied_layer, _)) = after {
@@ -215,11 +223,11 @@ pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
     }
     // Inserts first in their layer where nothing ties them to the other groups: large ones go
     // as COPY, whose data the sink sends before it readies the next batch (`CopyGate`).
-    let untied = |table: &TableId| !ties.ordered.contains(table) && !ties.linked.contains_key(table) && !ties.one_by_one.contains(table);
     layers
         .into_iter()
         .flat_map(|mut layer| {
-            layer.groups.sort_by_key(|(table, group)| !(group.kind == Kind::Insert && untied(table)));
+            // Sorted by "not a free insert": false (the free inserts) first, order kept.
+            layer.groups.sort_by_key(|(table, group)| group.kind != Kind::Insert || ties.binds(table));
             layer.groups.into_iter().map(|(_, group)| group)
         })
         .collect()

@@ -300,19 +300,15 @@ impl LaneSink {
                 let LaneSink { lanes, ahead, .. } = self;
                 let (mut writers, mut planners): (Vec<SinkWriter>, Vec<SinkPlanner>) = lanes.iter_mut().map(PgSink::split).unzip();
                 let gate = CopyGate::new(shares.iter().flatten().map(ReadyBatch::leading_copies).sum());
-                let writing = async {
-                    let _open_at_end = gate.opener();
-                    write_shares(&mut writers, shares, &gate).await
-                };
+                let writing = write_shares(&mut writers, shares, &gate);
                 // A spread batch ends its source transaction: the next begins a new one.
                 let readying = async {
-                    gate.opened().await;
                     match next.await {
                         Some(batch) => ready_shares(&mut planners, ahead, false, batch).await.map(Some),
                         None => Ok(None),
                     }
                 };
-                tokio::join!(writing, readying)
+                gate.overlap(writing, readying).await
             }
         }
     }

@@ -221,18 +221,14 @@ impl PgSink {
         let gate = CopyGate::new(ready.leading_copies());
         let ReadyBatch { body: ReadyBody::Rows(runs), commit, lock, advance, .. } = ready else { unreachable!("rows") };
         let PgSink { client, store, planner, tx } = self;
-        let writing = async {
-            let _open_at_end = gate.opener();
-            write_rows(client, store, tx, runs, commit, lock, advance, Some(&gate)).await
-        };
+        let writing = write_rows(client, store, tx, runs, commit, lock, advance, Some(&gate));
         let readying = async {
-            gate.opened().await;
             match next.await {
                 Some(batch) => planner.ready(client, store, &batch).await.map(Some),
                 None => Ok(None),
             }
         };
-        tokio::join!(writing, readying)
+        gate.overlap(writing, readying).await
     }
 
     /// Applies changes as a pipeline of set-based statements, inside the open transaction or
@@ -769,9 +765,23 @@ impl CopyGate {
         }
     }
 
-    /// Opens the gate when dropped: a write that failed or ended sends no more COPYs. The write
-    /// holds it, so readying never waits for a write that never waits for readying.
-    pub fn opener(&self) -> impl Drop + '_ {
+    /// Runs `writing` (which counts the gate down) and `readying` at once, readying from when
+    /// the gate opens. The gate opens when the write ends too, however it ends, so readying
+    /// never waits for a write that never waits for readying.
+    pub async fn overlap<W: Future, R: Future>(&self, writing: W, readying: R) -> (W::Output, R::Output) {
+        let writing = async {
+            let _open_at_end = self.opener();
+            writing.await
+        };
+        let readying = async {
+            self.opened().await;
+            readying.await
+        };
+        tokio::join!(writing, readying)
+    }
+
+    /// Opens the gate when dropped: a write that failed or ended sends no more COPYs.
+    fn opener(&self) -> impl Drop + '_ {
         struct Opener<'a>(&'a CopyGate);
         impl Drop for Opener<'_> {
             fn drop(&mut self) {
@@ -783,7 +793,7 @@ impl CopyGate {
     }
 
     /// Waits until the leading COPYs' data is sent, or the write ended.
-    pub async fn opened(&self) {
+    async fn opened(&self) {
         loop {
             let opened = self.opened.notified();
             if self.left.load(Ordering::Acquire) == 0 {
