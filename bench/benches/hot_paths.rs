@@ -7,7 +7,8 @@
 //!   back into rows (`RowReader`);
 //! - `pass_through`: a snapshot's COPY data passed from source to target with the tenant
 //!   appended to each row, as text and in the binary format (one server message per row);
-//! - `grouping`: the sink's pure step, grouping a shaped batch's changes into statements;
+//! - `grouping`: the sink's pure step, grouping a shaped batch's changes into statements, and
+//!   putting a statement's rows in the target key's order (`in_key_order`);
 //! - `digest`: the canonical row encoding, row hashes, chunk digests and `compare_rows`.
 //!
 //! Run: `cargo bench -p switchyard-bench --bench hot_paths` (criterion options after `--`, e.g.
@@ -23,8 +24,10 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use switchyard::reconcile::compare_rows;
 use switchyard_core::digest::{encode_row, row_hash, ChunkDigest};
-use switchyard_core::Value;
+use switchyard_core::{Change, TableSchema, Value};
 use switchyard_postgres::{copy_binary, copy_text};
+use switchyard_postgres::apply_sql::{in_key_order, plan_for, ApplyPlan};
+use switchyard_postgres::catalog::TableInfo;
 use switchyard_postgres::grouping::{self, Ties};
 use switchyard_postgres::pgoutput::{decode, Message};
 
@@ -171,7 +174,29 @@ fn grouping_bench(c: &mut Criterion) {
     let interleaved = interleaved_change_batch();
     assert!(grouping::group(&interleaved, &ties).len() > 3);
     group.bench_function("interleaved_10k", |b| b.iter(|| grouping::group(black_box(&interleaved), &ties)));
+    // A statement's rows arrive in commit order, scattered over the key; the sink sorts them.
+    let plan = multi_tenant_plan(orders[0].table().expect("a row change"));
+    let scattered: Vec<&Change> = (0..orders.len()).map(|i| &orders[i * 7919 % orders.len()]).collect();
+    group.bench_function("in_key_order_10k", |b| {
+        b.iter_batched(|| scattered.clone(), |mut changes| in_key_order(&plan, &mut changes), BatchSize::SmallInput)
+    });
     group.finish();
+}
+
+/// The shaped orders' apply plan on the multi-tenant target, whose key is (tenant_id, id).
+fn multi_tenant_plan(shaped: &TableSchema) -> ApplyPlan {
+    let mut schema = shaped.clone();
+    schema.key = ["tenant_id", "id"].iter().map(|name| shaped.column_index(name).expect("a shaped column")).collect();
+    let target = TableInfo {
+        oid: 0,
+        schema,
+        generated: Vec::new(),
+        has_primary_key: true,
+        replica_identity: 'd',
+        owner: "bench".into(),
+        estimated_rows: 0,
+    };
+    plan_for(shaped, &target).expect("the shaped orders plan")
 }
 
 fn digest(c: &mut Criterion) {

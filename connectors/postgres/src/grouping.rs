@@ -20,9 +20,10 @@
 //! Deferrable foreign keys tie nothing: the sink defers them to commit, where the source's
 //! transaction was consistent.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
+
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::sync::Arc;
 
 use switchyard_core::{Change, TableId, TableSchema, Value};
@@ -144,7 +145,7 @@ fn shape_of(change: &Change) -> Option<(Shape<'_>, &Arc<TableSchema>)> {
 /// Hashes of the keys a change touches (its row's, and before a key update, the old one), each
 /// with its table schema's address: no key is copied. Two different rows may share a hash; that
 /// only ends a segment early (a statement more), never reorders.
-fn touched_key_hashes(change: &Change, table: usize, hasher: &RandomState) -> [Option<u64>; 2] {
+fn touched_key_hashes(change: &Change, table: usize, hasher: &impl BuildHasher) -> [Option<u64>; 2] {
     let hash = |values: &mut dyn Iterator<Item = &Value>| {
         let mut state = hasher.build_hasher();
         table.hash(&mut state);
@@ -170,14 +171,16 @@ pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
     struct Layer<'a> {
         groups: Vec<(&'a TableId, Group)>,
         /// Per shape, the index of its last group in the layer.
-        last: HashMap<Shape<'a>, usize>,
+        last: FxHashMap<Shape<'a>, usize>,
     }
     let mut layers: Vec<Layer> = Vec::new();
-    let hasher = RandomState::new();
+    // Fx rather than SipHash: these hash every change's key and shape, and a collision costs
+    // at most a statement more.
+    let hasher = FxBuildHasher;
     // Per row (by `touched_key_hashes`), the layer of its last change.
-    let mut rows: HashMap<u64, usize> = HashMap::new();
+    let mut rows: FxHashMap<u64, usize> = FxHashMap::default();
     // Per tied table, the place of the last group holding a change to it.
-    let mut tied_last: HashMap<&TableId, Place> = HashMap::new();
+    let mut tied_last: FxHashMap<&TableId, Place> = FxHashMap::default();
     for (index, change) in changes.iter().enumerate() {
         let Some((shape, table)) = shape_of(change) else { continue };
         let keys = touched_key_hashes(change, shape.table, &hasher);

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use futures_util::SinkExt;
+use rustc_hash::FxHashMap;
 use switchyard_core::{Change, ChangeBatch, Commit, ConnectorError, Sink, TableId, TableSchema, Value};
 use tokio_postgres::types::ToSql;
 use tokio::sync::Notify;
@@ -57,7 +58,7 @@ struct TxState {
 struct Planner {
     targets: HashMap<TableId, TableInfo>,
     /// Apply plans by shaped schema; the `Arc` is kept so its address is never reused.
-    plans: HashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
+    plans: FxHashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
     statements: HashMap<String, Statement>,
     /// How target tables constrain reordering a batch's changes (learned per table).
     ties: grouping::Ties,
