@@ -11,6 +11,8 @@
 
 use switchyard_core::digest::ChunkDigest;
 use switchyard_core::{ConnectorError, Lsn, TableId, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
@@ -93,6 +95,8 @@ pub enum ColumnHash {
 pub struct PgDigest {
     client: Client,
     major_version: std::sync::OnceLock<i32>,
+    /// Whether the session's planner is kept from sequential scans (see `scan_for`).
+    no_seqscan: AtomicBool,
 }
 
 /// SQL text for a row set, with its parameters.
@@ -218,12 +222,27 @@ impl PgDigest {
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, ConnectorError> {
         let client = endpoint.connect().await?;
         client.batch_execute(SESSION).await.context(|| "cannot set up a digest session".into())?;
-        Ok(PgDigest { client, major_version: Default::default() })
+        Ok(PgDigest { client, major_version: Default::default(), no_seqscan: AtomicBool::new(false) })
+    }
+
+    /// A row set over part of a key range is read through the key's index; the whole table by a
+    /// sequential scan. Seeing a large share of a table, the planner would scan all of it, and a
+    /// verify pass digests a large table span by span: a 5M-row table of three spans cost
+    /// 2.2 s a side so against 1.2 s through the index (serial, by hand), and more than
+    /// one sequential scan of it.
+    async fn scan_for(&self, rows: &RowSet) -> Result<(), ConnectorError> {
+        let ranged = rows.range.as_ref().is_some_and(|(_, lo, hi)| *lo != i64::MIN || *hi != i64::MAX);
+        if self.no_seqscan.swap(ranged, Ordering::SeqCst) != ranged {
+            let sql = if ranged { "SET enable_seqscan = off" } else { "SET enable_seqscan = on" };
+            self.client.batch_execute(sql).await.context(|| format!("cannot plan the digest of {}", rows.table))?;
+        }
+        Ok(())
     }
 
     /// The digest of a row set, and the WAL insert position read in the same statement: every
     /// transaction the digest saw committed before it.
     pub async fn digest(&self, rows: &RowSet) -> Result<(ChunkDigest, Lsn), ConnectorError> {
+        self.scan_for(rows).await?;
         let query = Query::build(rows, rows.hash == RowHash::Canonical);
         let row = self
             .client
@@ -235,6 +254,7 @@ impl PgDigest {
 
     /// The rows of a row set, columns in its order.
     pub async fn count(&self, rows: &RowSet) -> Result<i64, ConnectorError> {
+        self.scan_for(rows).await?;
         let query = Query::build(rows, false);
         let sql = format!("SELECT count(*){}", query.from_where);
         let row = self.client.query_one(&sql, &query.params()).await.context(|| format!("cannot count the rows of {}", rows.table))?;
@@ -242,6 +262,7 @@ impl PgDigest {
     }
 
     pub async fn rows(&self, rows: &RowSet) -> Result<Vec<Vec<Value>>, ConnectorError> {
+        self.scan_for(rows).await?;
         let query = Query::build(rows, true);
         let sql = format!("SELECT {}{}", if query.columns.is_empty() { "1".into() } else { query.columns.join(", ") }, query.from_where);
         let result = self.client.query(&sql, &query.params()).await.context(|| format!("cannot read rows of {}", rows.table))?;
