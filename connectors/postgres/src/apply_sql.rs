@@ -277,31 +277,25 @@ enum KeyOrder<'a> {
 /// statement, and keeps tables where row order matters (a unique index besides the key) out.
 ///
 /// This runs for every change applied, so it sorts cheaply: key columns holding one value in
-/// every row (a tenant id attached by the pipeline) are left out of the comparison, and a key
-/// left with one integer column sorts as plain numbers.
+/// every row (a tenant id attached by the pipeline) are left out of the comparison, and the
+/// keys are read once, into one allocation.
 pub fn in_key_order(plan: &ApplyPlan, changes: &mut [&Change]) {
     let Some(first) = changes.first() else { return };
-    let varying: Vec<usize> =
-        (0..plan.key.len()).filter(|&n| changes.iter().any(|change| key_value(change, n, plan) != key_value(first, n, plan))).collect();
-    let integer = |n: usize| integer_key(plan, n);
-    let order_of = |change, n| key_order(change, n, plan);
-    let order: Vec<usize> = match varying[..] {
-        [] => return,
-        [n] if integer(n) => {
-            // (number, index): ties, and values that are not numbers, keep their order.
-            let mut keyed: Vec<(KeyOrder, usize)> = changes.iter().enumerate().map(|(i, change)| (order_of(change, n), i)).collect();
-            keyed.sort_unstable();
-            keyed.into_iter().map(|(_, i)| i).collect()
-        }
-        _ => {
-            let width = varying.len();
-            let keys: Vec<KeyOrder> = changes.iter().flat_map(|change| varying.iter().map(move |&n| order_of(change, n))).collect();
-            let key_of = |i: usize| &keys[i * width..(i + 1) * width];
-            let mut order: Vec<usize> = (0..changes.len()).collect();
-            order.sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)).then(a.cmp(&b)));
-            order
-        }
-    };
+    let varying: Vec<usize> = (0..plan.key.len())
+        .filter(|&n| {
+            let value = key_value(first, n, plan);
+            changes.iter().any(|change| key_value(change, n, plan) != value)
+        })
+        .collect();
+    if varying.is_empty() {
+        return;
+    }
+    let width = varying.len();
+    let keys: Vec<KeyOrder> = changes.iter().flat_map(|change| varying.iter().map(move |&n| key_order(change, n, plan))).collect();
+    let key_of = |i: usize| &keys[i * width..(i + 1) * width];
+    let mut order: Vec<usize> = (0..changes.len()).collect();
+    // Ties keep their order (the index breaks them), as a stable sort would.
+    order.sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)).then(a.cmp(&b)));
     let sorted: Vec<&Change> = order.iter().map(|&i| changes[i]).collect();
     changes.copy_from_slice(&sorted);
 }
