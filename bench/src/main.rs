@@ -109,6 +109,10 @@ struct Args {
     /// rounds counts (a copy's time varies by a tenth from one try to the next here).
     #[arg(long, default_value_t = 3, value_name = "N")]
     copy_rounds: usize,
+    /// Rounds of the catch-up figures: a fresh backlog per round, every tool catching up on it
+    /// in turn, and the median of its rounds counts (one catch-up's time varies by a fifth here).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    catch_up_rounds: usize,
     /// The Switchyard binary to measure (to compare two builds, run each in turn).
     #[arg(long, value_name = "PATH")]
     switchyard: Option<PathBuf>,
@@ -119,7 +123,7 @@ struct Args {
 }
 
 fn main() {
-    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, switchyard, profile } = clap::Parser::parse();
+    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, catch_up_rounds, switchyard, profile } = clap::Parser::parse();
     let switchyard = switchyard.unwrap_or_else(release_binary);
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     // Shared buffers sized as a production server's would be, to hold the working set (the
@@ -321,7 +325,8 @@ fn main() {
         profile,
     };
     if !skip_stream {
-        stream.catch_up(&mut figures, scale * 100_000);
+        let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round)).collect();
+        stream::catch_up_medians(&mut figures, &rounds);
         if lanes > 1 {
             stream.catch_up_lanes(&mut figures, scale * 100_000, lanes);
         }

@@ -10,7 +10,7 @@ use switchyard_testkit::PgCluster;
 
 use crate::profile;
 use crate::session::Session;
-use crate::{kill, rss_mib, Figure};
+use crate::{kill, median, rss_mib, Figure};
 
 /// The seed's write mix, ~10 statements per transaction: 40% order inserts, 40% order updates,
 /// 10% user inserts, 10% order deletes.
@@ -131,16 +131,23 @@ impl Stream<'_> {
         (changes, self.source.psql("app", "SELECT pg_current_wal_insert_lsn()"))
     }
 
-    /// A backlog made while every consumer is stopped, then each consumer alone on it.
-    pub fn catch_up(&self, figures: &mut Vec<Figure>, transactions: u64) {
+    /// One round of the catch-up: a backlog made while every consumer is stopped, then each
+    /// consumer alone on it; each tool's seconds. Rounds alternate which of Switchyard and
+    /// native goes first, so neither always meets the page cache as the other left it.
+    pub fn catch_up_round(&self, transactions: u64, round: usize) -> CatchUpRound {
         let source = self.source;
         source.psql("app", "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')");
         let (changes, goal) = self.backlog(transactions);
-        println!("figure=catch_up backlog_changes={changes} backlog_transactions={transactions}");
-
-        self.switchyard_catch_up(figures, "catch_up", ("switchyard", "switchyard_tenantize"), &self.pipeline, changes, &goal);
+        println!("figure=catch_up_round round={round} backlog_changes={changes} backlog_transactions={transactions}");
+        let mut seconds = Vec::new();
+        let native_first = round % 2 == 1;
+        if native_first {
+            seconds.push(("native", self.native_catch_up("catch_up", &goal)));
+        }
+        let (tenantize, peak_rss) = self.switchyard_catch_up("catch_up", ("switchyard", "switchyard_tenantize"), &self.pipeline, &goal);
+        seconds.push(("switchyard", tenantize));
         if let Some(plain) = &self.plain {
-            self.switchyard_catch_up(figures, "catch_up", ("switchyard_plain", "switchyard_plain"), plain, changes, &goal);
+            seconds.push(("switchyard_plain", self.switchyard_catch_up("catch_up", ("switchyard_plain", "switchyard_plain"), plain, &goal).0));
         }
 
         // The ceiling: the walsender decoding the same backlog for a client that only reads it.
@@ -151,16 +158,21 @@ impl Stream<'_> {
             .status()
             .unwrap();
         assert!(status.success(), "pg_recvlogical failed");
-        self.record(figures, "catch_up", "pg_recvlogical", changes / started.elapsed().as_secs_f64(), "changes/s", started.elapsed().as_secs_f64());
+        seconds.push(("pg_recvlogical", started.elapsed().as_secs_f64()));
         source.psql("app", "SELECT pg_drop_replication_slot('bench_recv')");
 
-        self.native_catch_up(figures, "catch_up", changes, &goal);
+        if !native_first {
+            seconds.push(("native", self.native_catch_up("catch_up", &goal)));
+        }
+        for (tool, seconds) in &seconds {
+            println!("figure=catch_up_round round={round} tool={tool} seconds={seconds:.3} changes/s={:.0}", changes / seconds);
+        }
+        CatchUpRound { changes, seconds, peak_rss }
     }
 
     /// Parallel apply (`[apply] parallel = lanes`) on a second backlog like the first, then
     /// native on the same backlog: figure `catch_up_lanes`.
     pub fn catch_up_lanes(&self, figures: &mut Vec<Figure>, transactions: u64, lanes: usize) {
-        self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
         let (changes, goal) = self.backlog(transactions);
         println!("figure=catch_up_lanes lanes={lanes} backlog_changes={changes} backlog_transactions={transactions}");
         let pipeline = self.dir.join("lanes.toml");
@@ -168,13 +180,16 @@ impl Stream<'_> {
         assert!(text.contains("[apply]\n"), "the pipeline has no [apply] section");
         std::fs::write(&pipeline, text.replace("[apply]\n", &format!("[apply]\nparallel = {lanes}\n"))).unwrap();
 
-        self.switchyard_catch_up(figures, "catch_up_lanes", ("switchyard", "switchyard_tenantize"), &pipeline, changes, &goal);
-        self.native_catch_up(figures, "catch_up_lanes", changes, &goal);
+        let (seconds, peak_rss) = self.switchyard_catch_up("catch_up_lanes", ("switchyard", "switchyard_tenantize"), &pipeline, &goal);
+        self.record(figures, "catch_up_lanes", "switchyard", changes / seconds, "changes/s", seconds);
+        figures.push(Figure { figure: "peak_rss_catch_up_lanes".into(), tool: "switchyard", value: peak_rss as f64, unit: "MiB" });
+        let seconds = self.native_catch_up("catch_up_lanes", &goal);
+        self.record(figures, "catch_up_lanes", "native", changes / seconds, "changes/s", seconds);
     }
 
-    /// Switchyard run on `pipeline` until its slot reached `goal`: `figure` for `tool`, its CPU
-    /// and peak RSS.
-    fn switchyard_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, (tool, slot): (&'static str, &str), pipeline: &Path, changes: f64, goal: &str) {
+    /// Switchyard run on `pipeline` until its slot reached `goal`: the seconds and peak RSS (MiB);
+    /// its CPU is printed.
+    fn switchyard_catch_up(&self, figure: &str, (tool, slot): (&'static str, &str), pipeline: &Path, goal: &str) -> (f64, u64) {
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard_with(pipeline);
@@ -185,14 +200,12 @@ impl Stream<'_> {
         }
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
-        self.record(figures, figure, tool, changes / seconds, "changes/s", seconds);
-        if tool == "switchyard" {
-            figures.push(Figure { figure: format!("peak_rss_{figure}"), tool, value: peak as f64, unit: "MiB" });
-        }
+        (seconds, peak)
     }
 
-    /// The native subscription enabled until its slot reached `goal`: `figure` and its CPU.
-    fn native_catch_up(&self, figures: &mut Vec<Figure>, figure: &str, changes: f64, goal: &str) {
+    /// The native subscription enabled until its slot reached `goal`, then disabled again: the
+    /// seconds; its CPU is printed.
+    fn native_catch_up(&self, figure: &str, goal: &str) -> f64 {
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
@@ -201,7 +214,8 @@ impl Stream<'_> {
         if let Some(recording) = recording {
             recording.finish(figure, "native", &self.consumer_pids("native", None), profile::CATCH_UP_TARGET);
         }
-        self.record(figures, figure, "native", changes / seconds, "changes/s", seconds);
+        self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
+        seconds
     }
 
     /// pgbench at `rate` tx/s for `seconds`, once per tool with the other paused (each first
@@ -323,6 +337,29 @@ impl Stream<'_> {
         println!("figure={figure} tool={tool} seconds={seconds:.3} {unit}={value:.0}");
         figures.push(Figure { figure: figure.to_string(), tool, value, unit });
     }
+}
+
+/// What one catch-up round measured: the backlog's row changes, each tool's seconds, and
+/// Switchyard's peak RSS (MiB).
+pub struct CatchUpRound {
+    pub changes: f64,
+    pub seconds: Vec<(&'static str, f64)>,
+    pub peak_rss: u64,
+}
+
+/// Each tool's median rate over the rounds (a single catch-up's time varies by a fifth from one
+/// try to the next on this machine), and the highest peak RSS.
+pub fn catch_up_medians(figures: &mut Vec<Figure>, rounds: &[CatchUpRound]) {
+    let Some(first) = rounds.first() else { return };
+    for (tool, _) in &first.seconds {
+        let rates: Vec<f64> = rounds.iter().filter_map(|r| r.seconds.iter().find(|(t, _)| t == tool).map(|(_, s)| r.changes / s)).collect();
+        let seconds = median(rounds.iter().filter_map(|r| r.seconds.iter().find(|(t, _)| t == tool).map(|(_, s)| *s)).collect());
+        let rate = median(rates.clone());
+        println!("figure=catch_up tool={tool} rounds={} median_seconds={seconds:.3} changes/s={rate:.0}", rates.len());
+        figures.push(Figure { figure: "catch_up".into(), tool, value: rate, unit: "changes/s" });
+    }
+    let peak = rounds.iter().map(|r| r.peak_rss).max().unwrap_or(0);
+    figures.push(Figure { figure: "peak_rss_catch_up".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
 }
 
 /// CPU seconds (user + system) the processes have used so far.
