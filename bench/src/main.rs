@@ -237,6 +237,10 @@ fn main() {
                 .output()
                 .unwrap();
             let total = started.elapsed().as_secs_f64();
+            // Its log, when asked for (BENCH_SWITCHYARD_LOG): where a pass's time went.
+            if std::env::var_os("BENCH_SWITCHYARD_LOG").is_some() {
+                eprint!("{}", String::from_utf8_lossy(&verify.stderr));
+            }
             assert!(verify.status.success(), "verify found differences: {}", String::from_utf8_lossy(&verify.stdout));
             // The checksum pass alone (its wall time), apart from the integrity checks.
             let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
