@@ -113,6 +113,7 @@ fn in_database_digest_equals_the_canonical_one() {
             range: None,
             typed: vec![],
             hash: Default::default(),
+            not_null: vec![],
         };
         let (in_database, _) = digest.digest(&rows).await.unwrap();
         let mut here = switchyard_core::digest::ChunkDigest::default();
@@ -166,10 +167,14 @@ fn native_digest_tells_apart_a_change_in_any_column() {
             range: None,
             typed: vec![],
             hash: RowHash::Native(hashes.iter().cloned().chain([ColumnHash::Skip]).collect()),
+            not_null: vec![],
         };
         let (original, _) = digest.digest(&rows("t")).await.unwrap();
         let digest_of_u = || async { digest.digest(&rows("u")).await.unwrap().0 };
         assert_eq!(digest_of_u().await, original);
+        // A side that declares a column NOT NULL hashes it without the NULL case, to the same.
+        let declared = RowSet { not_null: vec!["id".into()], ..rows("u") };
+        assert_eq!(digest.digest(&declared).await.unwrap().0, original);
         assert_eq!(original.rows, 3);
         for column in &columns[1..] {
             for change in [
@@ -394,6 +399,7 @@ fn a_ranged_digest_reads_its_range_not_the_whole_table() {
             range,
             typed: vec![],
             hash: Default::default(),
+            not_null: vec![],
         };
         let before = scans();
         let (part, _) = digest.digest(&rows(Some(("id".into(), 20_001, 80_001)))).await.unwrap();

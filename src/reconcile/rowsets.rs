@@ -40,7 +40,16 @@ impl Sides {
                 }
             })
             .collect();
-        let source = RowSet { table: source_table.id.clone(), columns, conditions, range: None, typed: Vec::new(), hash: RowHash::Canonical };
+        let not_null = |table: &TableSchema| table.columns.iter().filter(|c| !c.nullable).map(|c| c.name.clone()).collect();
+        let source = RowSet {
+            table: source_table.id.clone(),
+            columns,
+            conditions,
+            range: None,
+            typed: Vec::new(),
+            hash: RowHash::Canonical,
+            not_null: not_null(source_table),
+        };
         let target = RowSet {
             table: plan.target.id.clone(),
             columns: plan.target.columns.iter().map(|c| Projection::Column(c.name.clone())).collect(),
@@ -52,6 +61,8 @@ impl Sides {
             range: None,
             typed: Vec::new(),
             hash: RowHash::Canonical,
+            // Known once the target's own table is read (`with_target_types`).
+            not_null: Vec::new(),
         };
         // Ranges run over the source's first key column, which the target has under its shaped name.
         let first_key = source_table.key[0];
@@ -63,8 +74,9 @@ impl Sides {
     }
 
     /// Compares the target's constant columns (the tenant) by their own types, so the target's
-    /// key index serves each chunk.
+    /// key index serves each chunk; and takes which of its columns are NOT NULL.
     pub fn with_target_types(mut self, target: &TableSchema) -> Sides {
+        self.target.not_null = target.columns.iter().filter(|c| !c.nullable).map(|c| c.name.clone()).collect();
         self.target.typed = self
             .target
             .conditions
