@@ -352,10 +352,11 @@ pub struct CatchUpRound {
 pub fn catch_up_medians(figures: &mut Vec<Figure>, rounds: &[CatchUpRound]) {
     let Some(first) = rounds.first() else { return };
     for (tool, _) in &first.seconds {
-        let rates: Vec<f64> = rounds.iter().filter_map(|r| r.seconds.iter().find(|(t, _)| t == tool).map(|(_, s)| r.changes / s)).collect();
-        let seconds = median(rounds.iter().filter_map(|r| r.seconds.iter().find(|(t, _)| t == tool).map(|(_, s)| *s)).collect());
-        let rate = median(rates.clone());
-        println!("figure=catch_up tool={tool} rounds={} median_seconds={seconds:.3} changes/s={rate:.0}", rates.len());
+        // (changes, seconds) of each round this tool ran in.
+        let tries: Vec<(f64, f64)> = rounds.iter().filter_map(|r| r.seconds.iter().find(|(t, _)| t == tool).map(|(_, s)| (r.changes, *s))).collect();
+        let seconds = median(tries.iter().map(|(_, s)| *s).collect());
+        let rate = median(tries.iter().map(|(changes, s)| changes / s).collect());
+        println!("figure=catch_up tool={tool} rounds={} median_seconds={seconds:.3} changes/s={rate:.0}", tries.len());
         figures.push(Figure { figure: "catch_up".into(), tool, value: rate, unit: "changes/s" });
     }
     let peak = rounds.iter().map(|r| r.peak_rss).max().unwrap_or(0);

@@ -40,7 +40,6 @@ impl Sides {
                 }
             })
             .collect();
-        let not_null = |table: &TableSchema| table.columns.iter().filter(|c| !c.nullable).map(|c| c.name.clone()).collect();
         let source = RowSet {
             table: source_table.id.clone(),
             columns,
@@ -48,7 +47,7 @@ impl Sides {
             range: None,
             typed: Vec::new(),
             hash: RowHash::Canonical,
-            not_null: not_null(source_table),
+            not_null: not_null_columns(source_table),
         };
         let target = RowSet {
             table: plan.target.id.clone(),
@@ -76,7 +75,7 @@ impl Sides {
     /// Compares the target's constant columns (the tenant) by their own types, so the target's
     /// key index serves each chunk; and takes which of its columns are NOT NULL.
     pub fn with_target_types(mut self, target: &TableSchema) -> Sides {
-        self.target.not_null = target.columns.iter().filter(|c| !c.nullable).map(|c| c.name.clone()).collect();
+        self.target.not_null = not_null_columns(target);
         self.target.typed = self
             .target
             .conditions
@@ -123,4 +122,8 @@ impl Sides {
         }
         (source, target)
     }
+}
+
+fn not_null_columns(table: &TableSchema) -> Vec<String> {
+    table.columns.iter().filter(|c| !c.nullable).map(|c| c.name.clone()).collect()
 }

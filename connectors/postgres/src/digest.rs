@@ -9,10 +9,10 @@
 //! Text forms depend on session settings (time zone, date and interval styles, float digits,
 //! bytea format); every digest session fixes them, so both sides print a value the same way.
 
-use switchyard_core::digest::ChunkDigest;
-use switchyard_core::{ConnectorError, Lsn, TableId, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use switchyard_core::digest::ChunkDigest;
+use switchyard_core::{ConnectorError, Lsn, TableId, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 

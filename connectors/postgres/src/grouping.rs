@@ -22,9 +22,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use rustc_hash::{FxBuildHasher, FxHashMap};
-use std::sync::Arc;
 
 use switchyard_core::{Change, TableId, TableSchema, Value};
 
