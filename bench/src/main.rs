@@ -8,12 +8,14 @@
 //! (against pgcopydb compare data's checksum query); the catch-up on a backlog (against native logical replication, with pg_recvlogical as the
 //! walsender's limit); steady-state lag under pgbench at fixed rates; peak RSS in each phase.
 //!
-//! Flags: `switchyard-bench --help` (the `Args` below); `--profile` is explained in profile.rs.
+//! Flags: `switchyard-bench --help` (the `Args` below); `--profile` is explained in profile.rs,
+//! `--timeline` in timeline.rs.
 
 mod copies;
 mod profile;
 mod session;
 mod stream;
+mod timeline;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -120,10 +122,15 @@ struct Args {
     /// went (needs `make deps-bench`; the sampling perturbs that run's timings).
     #[arg(long)]
     profile: bool,
+    /// Print each catch-up's course in quarter seconds: the share of the backlog applied, and
+    /// the cores its walsender, target backend and Switchyard kept busy (where a run's average
+    /// hides a phase that another process bounds).
+    #[arg(long)]
+    timeline: bool,
 }
 
 fn main() {
-    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, catch_up_rounds, switchyard, profile } = clap::Parser::parse();
+    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, catch_up_rounds, switchyard, profile, timeline } = clap::Parser::parse();
     let switchyard = switchyard.unwrap_or_else(release_binary);
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     // Shared buffers sized as a production server's would be, to hold the working set (the
@@ -327,6 +334,7 @@ fn main() {
         orders,
         plain: plain_pipeline,
         profile,
+        timeline,
     };
     if !skip_stream {
         let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round)).collect();

@@ -10,6 +10,7 @@ use switchyard_testkit::PgCluster;
 
 use crate::profile;
 use crate::session::Session;
+use crate::timeline::Timeline;
 use crate::{kill, median, rss_mib, Figure};
 
 /// The seed's write mix, ~10 statements per transaction: 40% order inserts, 40% order updates,
@@ -61,6 +62,8 @@ pub struct Stream<'a> {
     pub plain: Option<PathBuf>,
     /// Records each catch-up with perf and prints where its processes spent their time.
     pub profile: bool,
+    /// Prints each catch-up's course in quarter seconds (see `timeline`).
+    pub timeline: bool,
 }
 
 impl Stream<'_> {
@@ -99,12 +102,18 @@ impl Stream<'_> {
     }
 
     /// Waits until `slot` confirmed `goal`, sampling the process's peak RSS; returns seconds.
-    fn time_until(&self, slot: &str, goal: &str, started: Instant, process: Option<&mut Child>) -> (f64, u64) {
+    fn time_until(&self, slot: &str, goal: &str, started: Instant, process: Option<&mut Child>, mut timeline: Option<Timeline>) -> (f64, u64) {
         let mut peak = 0;
         let pid = process.as_ref().map(|p| p.id());
         let mut process = process;
         let mut session = Session::open(self.source, "app");
+        if let (Some(timeline), Some(pid)) = (timeline.as_mut(), pid) {
+            timeline.watch_process(pid);
+        }
         while !slot_reached(&mut session, slot, goal) {
+            if let Some(timeline) = timeline.as_mut() {
+                timeline.sample(&mut session);
+            }
             if let Some(pid) = pid {
                 peak = peak.max(rss_mib(pid));
             }
@@ -190,10 +199,11 @@ impl Stream<'_> {
     /// Switchyard run on `pipeline` until its slot reached `goal`: the seconds and peak RSS (MiB);
     /// its CPU is printed.
     fn switchyard_catch_up(&self, figure: &str, (tool, slot): (&'static str, &str), pipeline: &Path, goal: &str) -> (f64, u64) {
+        let timeline = self.timeline(tool, slot, goal);
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard_with(pipeline);
-        let (seconds, peak) = self.time_until(slot, goal, started, Some(&mut run));
+        let (seconds, peak) = self.time_until(slot, goal, started, Some(&mut run), timeline);
         self.print_catch_up_cpu(tool, seconds, busy, Some(run.id()));
         if let Some(recording) = recording {
             recording.finish(figure, tool, &self.consumer_pids(tool, Some(run.id())), profile::CATCH_UP_TARGET);
@@ -206,10 +216,11 @@ impl Stream<'_> {
     /// The native subscription enabled until its slot reached `goal`, then disabled again: the
     /// seconds; its CPU is printed.
     fn native_catch_up(&self, figure: &str, goal: &str) -> f64 {
+        let timeline = self.timeline("native", "bench_native", goal);
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
-        let (seconds, _) = self.time_until("bench_native", goal, started, None);
+        let (seconds, _) = self.time_until("bench_native", goal, started, None, timeline);
         self.print_catch_up_cpu("native", seconds, busy, None);
         if let Some(recording) = recording {
             recording.finish(figure, "native", &self.consumer_pids("native", None), profile::CATCH_UP_TARGET);
@@ -232,7 +243,7 @@ impl Stream<'_> {
                 ("bench_native", "bench_native")
             };
             let goal = self.source.psql("app", "SELECT pg_current_wal_insert_lsn()");
-            self.time_until(slot, &goal, Instant::now(), run.as_mut());
+            self.time_until(slot, &goal, Instant::now(), run.as_mut(), None);
             // Caught up can be seen before the consumer has even connected (nothing was
             // behind): the load starts once its one walsender streams, or the first samples
             // would time its start-up, and the CPU shares an earlier run's walsender.
@@ -313,24 +324,17 @@ impl Stream<'_> {
         println!("figure=catch_up_cpu tool={tool} wall_s={seconds:.1} machine_busy={busy:.0}% (of 2 cores: 200%) {}", used.join(" "));
     }
 
-    /// The processes that move a tool's changes: its walsender on the source, whatever applies
-    /// on the target, and Switchyard's own process.
+    /// The processes that move a tool's changes, looked up now.
     fn consumer_pids(&self, tool: &str, switchyard: Option<u32>) -> Vec<(&'static str, Vec<u32>)> {
-        let pids = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
-        let application = if tool == "native" { "bench_native" } else { "switchyard" };
-        let walsender =
-            pids(self.source.psql("app", &format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_replication WHERE application_name = '{application}'")));
-        let applier = if tool != "native" {
-            "application_name = 'switchyard' AND backend_type = 'client backend'"
-        } else {
-            "backend_type = 'logical replication worker'"
-        };
-        let target = pids(self.target.psql("postgres", &format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE {applier}")));
-        let mut consumers = vec![("walsender", walsender), ("target", target)];
-        if let Some(pid) = switchyard {
-            consumers.push(("switchyard", vec![pid]));
-        }
-        consumers
+        Consumers::new(tool, switchyard).find(|sql| self.source.psql("app", sql), |sql| self.target.psql("postgres", sql))
+    }
+
+    /// With `--timeline`, a timeline of the catch-up about to start on `slot`.
+    fn timeline(&self, tool: &'static str, slot: &str, goal: &str) -> Option<Timeline> {
+        self.timeline.then(|| {
+            let mut source = Session::open(self.source, "app");
+            Timeline::start(tool, Consumers::new(tool, None), (&mut source, slot, goal), Session::open(self.target, "postgres"))
+        })
     }
 
     fn record(&self, figures: &mut Vec<Figure>, figure: &str, tool: &'static str, value: f64, unit: &'static str, seconds: f64) {
@@ -363,8 +367,51 @@ pub fn catch_up_medians(figures: &mut Vec<Figure>, rounds: &[CatchUpRound]) {
     figures.push(Figure { figure: "peak_rss_catch_up".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
 }
 
+/// The processes that move a tool's changes: its walsender on the source, whatever applies on
+/// the target, and Switchyard's own process.
+pub struct Consumers {
+    native: bool,
+    switchyard: Option<u32>,
+}
+
+impl Consumers {
+    fn new(tool: &str, switchyard: Option<u32>) -> Consumers {
+        Consumers { native: tool == "native", switchyard }
+    }
+
+    /// Counts Switchyard's process `pid` too.
+    pub fn watch(&mut self, pid: u32) {
+        self.switchyard = Some(pid);
+    }
+
+    /// The name its walsender has in `pg_stat_replication`.
+    pub fn application(&self) -> &'static str {
+        if self.native {
+            "bench_native"
+        } else {
+            "switchyard"
+        }
+    }
+
+    /// By group, the pids that `on_source` and `on_target` (each running a query on that
+    /// server) find.
+    pub fn find(&self, on_source: impl FnOnce(&str) -> String, on_target: impl FnOnce(&str) -> String) -> Vec<(&'static str, Vec<u32>)> {
+        let pids = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
+        let walsender =
+            pids(on_source(&format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_replication WHERE application_name = '{}'", self.application())));
+        let applier =
+            if self.native { "backend_type = 'logical replication worker'" } else { "application_name = 'switchyard' AND backend_type = 'client backend'" };
+        let target = pids(on_target(&format!("SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE {applier}")));
+        let mut found = vec![("walsender", walsender), ("target", target)];
+        if let Some(pid) = self.switchyard {
+            found.push(("switchyard", vec![pid]));
+        }
+        found
+    }
+}
+
 /// CPU seconds (user + system) the processes have used so far.
-fn cpu_of(pids: &[u32]) -> f64 {
+pub fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().copied().map(cpu_seconds).sum()
 }
 
