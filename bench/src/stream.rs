@@ -199,7 +199,7 @@ impl Stream<'_> {
     /// Switchyard run on `pipeline` until its slot reached `goal`: the seconds and peak RSS (MiB);
     /// its CPU is printed.
     fn switchyard_catch_up(&self, figure: &str, (tool, slot): (&'static str, &str), pipeline: &Path, goal: &str) -> (f64, u64) {
-        let timeline = self.timeline(tool, slot, goal);
+        let timeline = self.start_timeline(tool, slot, goal);
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         let mut run = self.start_switchyard_with(pipeline);
@@ -216,7 +216,7 @@ impl Stream<'_> {
     /// The native subscription enabled until its slot reached `goal`, then disabled again: the
     /// seconds; its CPU is printed.
     fn native_catch_up(&self, figure: &str, goal: &str) -> f64 {
-        let timeline = self.timeline("native", "bench_native", goal);
+        let timeline = self.start_timeline("native", "bench_native", goal);
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native ENABLE");
@@ -330,10 +330,10 @@ impl Stream<'_> {
     }
 
     /// With `--timeline`, a timeline of the catch-up about to start on `slot`.
-    fn timeline(&self, tool: &'static str, slot: &str, goal: &str) -> Option<Timeline> {
+    fn start_timeline(&self, tool: &'static str, slot: &str, goal: &str) -> Option<Timeline> {
         self.timeline.then(|| {
             let mut source = Session::open(self.source, "app");
-            Timeline::start(tool, Consumers::new(tool, None), (&mut source, slot, goal), Session::open(self.target, "postgres"))
+            Timeline::start(tool, Consumers::new(tool, None), &mut source, slot, goal, Session::open(self.target, "postgres"))
         })
     }
 

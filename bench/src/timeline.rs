@@ -27,7 +27,7 @@ pub struct Timeline {
 impl Timeline {
     /// Begins where the consumer's `slot` stands (read through `source`), before it starts; the
     /// backlog ends at `goal`.
-    pub fn start(tool: &'static str, consumers: Consumers, (source, slot, goal): (&mut Session, &str, &str), target: Session) -> Timeline {
+    pub fn start(tool: &'static str, consumers: Consumers, source: &mut Session, slot: &str, goal: &str, target: Session) -> Timeline {
         let from = source.query(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"));
         let span: f64 = source.query(&format!("SELECT '{goal}'::pg_lsn - '{from}'::pg_lsn")).parse().unwrap_or(f64::NAN);
         let now = Instant::now();
