@@ -112,6 +112,9 @@ fn rows_trading_a_unique_value_in_one_batch_are_applied_in_source_order() {
     let pipeline = pair.pipeline("trading", TENANTIZE);
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_trading", &mut process);
+    // With statistics the planner knows every row holds the one tenant, so it hashes the
+    // statement's rows and scans the table, rather than hashing the table's rows of that tenant.
+    pair.target.psql("app", "ANALYZE users");
     // User 2 gives up its email and user 1 takes it, in one source transaction: valid one row at
     // a time; in one statement visiting user 1 first, the unique (tenant_id, email) index objects.
     pair.source.psql(

@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use tokio::sync::Notify;
 use tokio_postgres::{Client, Statement};
 
-use crate::apply_sql::{self, plan_for, ApplyPlan, TextArray};
+use crate::apply_sql::{self, plan_for, ApplyPlan, RunParam};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::{AdvanceParams, CheckpointStore};
 use crate::durability::TargetWal;
@@ -480,8 +480,8 @@ impl Planner {
         let (statement, values) = if kind == RunKind::Insert && changes.len() >= apply_sql::COPY_MIN_ROWS {
             (self.statement(client, apply_sql::copy_sql(plan)).await?, RunValues::Copy(apply_sql::copy_data(changes)))
         } else {
-            let (sql, columns) = apply_sql::statement(plan, kind, changes[0]);
-            (self.statement(client, sql).await?, RunValues::Arrays(apply_sql::arrays(plan, &columns, changes)))
+            let (sql, sources) = apply_sql::statement(plan, kind, changes);
+            (self.statement(client, sql).await?, RunValues::Params(apply_sql::params(plan, &sources, changes)))
         };
         Ok(PreparedRun { statement, values, kind, rows: changes.len() as u64, table: plan.target().clone() })
     }
@@ -716,9 +716,9 @@ fn leading_copies(runs: &[PreparedRun]) -> usize {
     runs.iter().take_while(|run| matches!(run.values, RunValues::Copy(_))).count()
 }
 
-/// A run's values: the statement's array parameters, or a COPY's data.
+/// A run's values: the statement's parameters, or a COPY's data.
 enum RunValues {
-    Arrays(Vec<TextArray>),
+    Params(Vec<RunParam>),
     Copy(Bytes),
 }
 
@@ -728,8 +728,8 @@ impl PreparedRun {
     /// counts down `gate` (given to the leading COPYs).
     async fn send(&self, client: &Client, gate: Option<&CopyGate>) -> Result<u64, tokio_postgres::Error> {
         match &self.values {
-            RunValues::Arrays(arrays) => {
-                let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+            RunValues::Params(params) => {
+                let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
                 client.execute(&self.statement, &params).await
             }
             RunValues::Copy(data) => {
