@@ -52,12 +52,8 @@ pub(crate) fn statement(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) ->
 /// At least one column must vary: the statement keeps a row set to join (a run holds one change
 /// per row, so in a run of several some key column varies; a lone change keeps its arrays).
 fn shared_key(plan: &ApplyPlan, changes: &[&Change]) -> Vec<bool> {
-    let shared: Vec<bool> = (0..plan.key.len())
-        .map(|n| {
-            let value = key_value(changes[0], n, plan);
-            value.is_some() && changes[1..].iter().all(|change| key_value(change, n, plan) == value)
-        })
-        .collect();
+    let shared: Vec<bool> =
+        (0..plan.key.len()).map(|n| key_value(changes[0], n, plan).is_some() && holds_one_value(plan, changes, n)).collect();
     if shared.iter().all(|&s| s) {
         return vec![false; shared.len()];
     }
@@ -321,13 +317,7 @@ enum KeyOrder<'a> {
 /// every row (a tenant id attached by the pipeline) are left out of the comparison, and the
 /// keys are read once, into one allocation.
 pub fn in_key_order(plan: &ApplyPlan, changes: &mut [&Change]) {
-    let Some(first) = changes.first() else { return };
-    let varying: Vec<usize> = (0..plan.key.len())
-        .filter(|&n| {
-            let value = key_value(first, n, plan);
-            changes.iter().any(|change| key_value(change, n, plan) != value)
-        })
-        .collect();
+    let varying: Vec<usize> = (0..plan.key.len()).filter(|&n| !holds_one_value(plan, changes, n)).collect();
     if varying.is_empty() {
         return;
     }
@@ -339,6 +329,14 @@ pub fn in_key_order(plan: &ApplyPlan, changes: &mut [&Change]) {
     order.sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)).then(a.cmp(&b)));
     let sorted: Vec<&Change> = order.iter().map(|&i| changes[i]).collect();
     changes.copy_from_slice(&sorted);
+}
+
+/// Whether the `n`-th key column finds every one of `changes`' rows by the same value (the
+/// key sort leaves such a column out; a statement sends it once).
+fn holds_one_value(plan: &ApplyPlan, changes: &[&Change], n: usize) -> bool {
+    let Some((first, rest)) = changes.split_first() else { return true };
+    let value = key_value(first, n, plan);
+    rest.iter().all(|change| key_value(change, n, plan) == value)
 }
 
 fn integer_key(plan: &ApplyPlan, n: usize) -> bool {
