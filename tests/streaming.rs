@@ -77,6 +77,46 @@ fn truncate_and_key_updates_apply() {
     assert_eq!(other, "1", "another tenant's row was removed");
 }
 
+/// A target table partitioned by tenant (a common multi-tenant layout): the copy fills it, and
+/// the stream's inserts, updates, deletes and key moves reach this tenant's partition. Its
+/// statements are planned per batch: a plan made once for the session would hold, and lock at
+/// each execution, every partition.
+#[test]
+fn a_target_table_partitioned_by_tenant_is_copied_and_followed() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    pair.target.psql(
+        "app",
+        &format!(
+            "DROP TABLE orders;
+             CREATE TABLE orders (tenant_id uuid NOT NULL, id bigint NOT NULL, user_id bigint NOT NULL, amount numeric(12,2) NOT NULL,
+                                  status text NOT NULL, note text, PRIMARY KEY (tenant_id, id)) PARTITION BY LIST (tenant_id);
+             CREATE TABLE orders_tenant_one PARTITION OF orders FOR VALUES IN ('{TENANT}');
+             CREATE TABLE orders_others PARTITION OF orders DEFAULT;"
+        ),
+    );
+    load_rows(&pair, 50, 4);
+    let pipeline = pair.pipeline("partitioned", TENANTIZE);
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_partitioned", &mut process);
+    pair.source.psql(
+        "app",
+        "INSERT INTO orders (user_id, amount, status) SELECT 1 + g % 50, g, 'new' FROM generate_series(1, 100) g;
+         UPDATE orders SET status = 'paid', note = 'n' || id WHERE id % 3 = 0;
+         DELETE FROM orders WHERE id % 7 = 0;
+         UPDATE orders SET id = id + 100000 WHERE id <= 5;",
+    );
+    pair.wait_caught_up("switchyard_partitioned", &mut process);
+    assert_tenantized_equal(&pair);
+    assert_eq!(pair.target.psql("app", "SELECT count(*) FROM orders_others"), "0", "rows went to another tenant's partition");
+    assert!(
+        process.log().contains("target table is partitioned: apply statements are planned for each batch"),
+        "the stream planned a partitioned table's statements once: {}",
+        process.log()
+    );
+    process.stop();
+}
+
 /// teardown refuses while the pipeline runs; afterwards it drops the slot and publication, and
 /// with --drop-checkpoint the checkpoint schema; `run` then starts afresh.
 #[test]

@@ -195,6 +195,7 @@ fn multi_tenant_plan(shaped: &TableSchema) -> ApplyPlan {
         replica_identity: 'd',
         owner: "bench".into(),
         estimated_rows: 0,
+        partitioned: false,
     };
     plan_for(shaped, &target).expect("the shaped orders plan")
 }

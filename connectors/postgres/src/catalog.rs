@@ -18,6 +18,8 @@ pub struct TableInfo {
     pub replica_identity: char,
     pub owner: String,
     pub estimated_rows: i64,
+    /// A partitioned table (its rows live in its partitions).
+    pub partitioned: bool,
 }
 
 impl TableInfo {
@@ -40,7 +42,7 @@ pub async fn major_version(client: &Client) -> Result<i32, ConnectorError> {
 pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<TableInfo>, ConnectorError> {
     let Some(row) = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text, GREATEST(c.reltuples, 0)::bigint, pg_get_userbyid(c.relowner)::text
+            "SELECT c.oid, c.relreplident::text, GREATEST(c.reltuples, 0)::bigint, pg_get_userbyid(c.relowner)::text, c.relkind = 'p'
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&table.schema, &table.name],
@@ -112,6 +114,7 @@ pub async fn load_table(client: &Client, table: &TableId) -> Result<Option<Table
         replica_identity,
         owner: row.get(3),
         estimated_rows: row.get(2),
+        partitioned: row.get(4),
     }))
 }
 

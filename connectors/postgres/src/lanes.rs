@@ -170,6 +170,9 @@ impl LaneSink {
                 }
             }
         }
+        for sink in &mut lanes {
+            sink.plan_once().await;
+        }
         lanes[0].expect_repairs(repairs_version);
         if count > 1 {
             tracing::info!(lanes = count, "applying over parallel lanes");

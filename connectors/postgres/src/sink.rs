@@ -63,6 +63,8 @@ struct Planner {
     /// How target tables constrain reordering a batch's changes (learned per table).
     ties: grouping::Ties,
     tied_known: HashSet<TableId>,
+    /// The session plans each statement once (see `PgSink::plan_once`).
+    plans_once: bool,
 }
 
 /// A batch made ready to write: its statements planned and its values encoded.
@@ -134,6 +136,20 @@ impl PgSink {
     pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
         let lock = self.planner.statement(&self.client, self.store.lock_sql()).await?;
         self.split().0.begin_locked(lock).await
+    }
+
+    /// Plans each apply statement once for the session rather than at every execution:
+    /// statements look rows up by their key however many rows a batch holds, so the plan does
+    /// not depend on the values, and a steady stream of small transactions spent about a
+    /// tenth of the target backend's time planning them again (PostgreSQL's default keeps
+    /// planning statements whose one-plan estimate looks dearer, as `unnest` of a parameter
+    /// does). Not for a partitioned target table (see `Planner::target`). A server that
+    /// refuses the setting plans as before.
+    pub async fn plan_once(&mut self) {
+        match self.client.batch_execute("SET plan_cache_mode = force_generic_plan").await {
+            Ok(()) => self.planner.plans_once = true,
+            Err(error) => tracing::debug!(%error, "the target plans apply statements at every execution"),
+        }
     }
 
     /// Whether a target transaction is open (a source transaction applied in parts).
@@ -417,6 +433,14 @@ impl Planner {
             let info = catalog::load_table(client, id).await?.ok_or_else(|| {
                 ConnectorError::definite(format!("target table {id} does not exist; create it (the target schema is yours)"))
             })?;
+            if info.partitioned && self.plans_once {
+                // A statement planned once keeps every partition in its plan, and before
+                // PostgreSQL 18 locks them all at each execution; planned per batch, a
+                // condition on the partition key leaves the others out.
+                client.batch_execute("SET plan_cache_mode = auto").await.context(|| format!("cannot plan statements for {id}"))?;
+                self.plans_once = false;
+                tracing::info!(table = %id, "target table is partitioned: apply statements are planned for each batch");
+            }
             self.targets.insert(id.clone(), info);
         }
         Ok(&self.targets[id])
