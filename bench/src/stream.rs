@@ -42,6 +42,12 @@ fn changes_so_far(source: &PgCluster) -> i64 {
         .unwrap()
 }
 
+/// Transaction ids the source has handed out so far: its writing transactions (pgbench's all
+/// write), counted at once rather than through the statistics.
+fn transactions_so_far(source: &PgCluster) -> i64 {
+    source.psql("app", "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").parse().unwrap()
+}
+
 fn slot_reached(source: &mut Session, slot: &str, goal: &str) -> bool {
     source.query(&format!("SELECT coalesce(confirmed_flush_lsn >= '{goal}', false) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "t"
 }
@@ -259,6 +265,8 @@ impl Stream<'_> {
             // Where the CPU goes while it streams: the consumer's processes against the machine's.
             let consumers = self.consumer_pids(tool, run.as_ref().map(|r| r.id()));
             let cpu_before = (consumers.iter().map(|(_, pids)| cpu_of(pids)).collect::<Vec<_>>(), machine_busy_seconds());
+            let scheduled_before: Vec<Scheduled> = consumers.iter().map(|(_, pids)| scheduled(pids)).collect();
+            let transactions_before = transactions_so_far(self.source);
             let mut load = self.pgbench(&["-c", "4", "-j", "2", "-R", &rate.to_string(), "-T", &seconds.to_string()]).spawn().unwrap();
             let before = changes_so_far(self.source);
             let mut samples = Vec::new();
@@ -288,6 +296,23 @@ impl Stream<'_> {
                 100.0 * (machine_busy_seconds() - cpu_before.1) / elapsed,
                 shares.join(" ")
             );
+            // How often each process ran per source transaction, and how long it waited for a
+            // core to do so: a consumer that needs many short turns per transaction suffers most
+            // when more processes want a core than there are.
+            let transactions = (transactions_so_far(self.source) - transactions_before).max(1) as f64;
+            let turns: Vec<String> = consumers
+                .iter()
+                .zip(&scheduled_before)
+                .map(|((name, pids), before)| {
+                    let now = scheduled(pids);
+                    format!(
+                        "{name}={:.1}_turns/tx,{:.0}_us_waited/tx",
+                        (now.turns - before.turns) as f64 / transactions,
+                        (now.waited_ns - before.waited_ns) as f64 / transactions / 1000.0
+                    )
+                })
+                .collect();
+            println!("figure=lag_scheduling rate={rate} tool={tool} transactions={transactions:.0} {}", turns.join(" "));
             if let Some(mut child) = run {
                 unsafe { kill(child.id() as i32, 15) };
                 child.wait().unwrap();
@@ -413,6 +438,30 @@ impl Consumers {
 /// CPU seconds (user + system) the processes have used so far.
 pub fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().copied().map(cpu_seconds).sum()
+}
+
+/// What the scheduler did for some processes so far (every thread of each).
+#[derive(Default)]
+struct Scheduled {
+    /// Nanoseconds spent runnable but waiting for a core.
+    waited_ns: u64,
+    /// Times they were given a core.
+    turns: u64,
+}
+
+fn scheduled(pids: &[u32]) -> Scheduled {
+    let mut total = Scheduled::default();
+    for pid in pids {
+        let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for thread in threads.flatten() {
+            // /proc/PID/task/TID/schedstat: time on a core, time waiting for one, turns.
+            let stat = std::fs::read_to_string(thread.path().join("schedstat")).unwrap_or_default();
+            let fields: Vec<u64> = stat.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            total.waited_ns += fields.get(1).copied().unwrap_or(0);
+            total.turns += fields.get(2).copied().unwrap_or(0);
+        }
+    }
+    total
 }
 
 /// CPU seconds the whole machine has spent busy (all but idle and I/O wait) so far.
