@@ -436,7 +436,9 @@ impl Planner {
             if info.partitioned && self.plans_once {
                 // A statement planned once keeps every partition in its plan, and before
                 // PostgreSQL 18 locks them all at each execution; planned per batch, a
-                // condition on the partition key leaves the others out.
+                // condition on the partition key leaves the others out. Inside a transaction
+                // that rolls back the setting goes back too, but so does this sink: every
+                // rollback ends in an error, and the runtime resumes with a new one.
                 client.batch_execute("SET plan_cache_mode = auto").await.context(|| format!("cannot plan statements for {id}"))?;
                 self.plans_once = false;
                 tracing::info!(table = %id, "target table is partitioned: apply statements are planned for each batch");
