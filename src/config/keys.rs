@@ -10,7 +10,7 @@ const PIPELINE: &[&str] = &["name"];
 const SOURCE: &[&str] = &["type", "url", "tables", "slot", "publication"];
 const TARGET: &[&str] = &["type", "url", "checkpoint_schema"];
 const SNAPSHOT: &[&str] = &["parallel", "chunk_rows", "defer_indexes"];
-const APPLY: &[&str] = &["max_batch_changes", "as_replica", "parallel"];
+const APPLY: &[&str] = &["max_batch_changes", "max_batch_mib", "as_replica", "parallel"];
 const VERIFY: &[&str] =
     &["chunk_rows", "show_differences", "settle_seconds", "rules", "continuous", "continuous_chunk_rows", "rows_per_second", "full_pass_minutes", "digest", "parallel"];
 const CUTOVER: &[&str] = &[

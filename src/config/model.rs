@@ -128,7 +128,12 @@ impl Default for SnapshotSection {
 pub struct ApplySection {
     /// Changes grouped into one target transaction (whole source transactions only; a larger
     /// source transaction is applied in parts of this size inside one target transaction).
+    /// Large batches make catching up cheaper for the target: it prunes each heap page once per
+    /// transaction, and looks up fewer buffers per change (docs/roadmap.md).
     pub max_batch_changes: usize,
+    /// The same bound in MiB of changes (their values and what holds them): rows of wide tables
+    /// make shorter batches, so memory stays bounded whatever the rows hold.
+    pub max_batch_mib: usize,
     /// Apply with `session_replication_role = replica`, as native logical replication does:
     /// the target's foreign key checks and ordinary triggers do not fire for applied changes
     /// (the source checked them; `verify` counts orphans). False keeps them firing.
@@ -140,9 +145,15 @@ pub struct ApplySection {
     pub parallel: usize,
 }
 
+impl ApplySection {
+    pub fn batch_limit(&self) -> switchyard_core::BatchLimit {
+        switchyard_core::BatchLimit { changes: self.max_batch_changes, bytes: self.max_batch_mib.saturating_mul(1 << 20) }
+    }
+}
+
 impl Default for ApplySection {
     fn default() -> Self {
-        ApplySection { max_batch_changes: 20_000, as_replica: true, parallel: 1 }
+        ApplySection { max_batch_changes: 100_000, max_batch_mib: 32, as_replica: true, parallel: 1 }
     }
 }
 

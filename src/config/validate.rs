@@ -66,6 +66,9 @@ pub fn validate(file: &PipelineFile) -> Vec<Problem> {
     if file.apply.max_batch_changes == 0 {
         problems.push(Problem::new("apply.max_batch_changes", "must be at least 1"));
     }
+    if file.apply.max_batch_mib == 0 {
+        problems.push(Problem::new("apply.max_batch_mib", "must be at least 1"));
+    }
     if !(1..=MAX_APPLY_LANES).contains(&file.apply.parallel) {
         problems.push(Problem::new("apply.parallel", format!("must be between 1 and {MAX_APPLY_LANES} target connections")));
     } else if file.apply.parallel > 1 && !file.apply.as_replica {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use switchyard_core::{Change, ChangeBatch, Lsn, Position, Progress, Source};
+use switchyard_core::{BatchLimit, Change, ChangeBatch, Lsn, Position, Progress, Source};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::seam::Seam;
@@ -16,7 +16,7 @@ use crate::transform::Shaper;
 
 #[derive(Clone, Debug)]
 struct FollowOptions {
-    pub max_batch_changes: usize,
+    pub batch_limit: BatchLimit,
 }
 
 /// How often, while no batch comes, the runtime asks whether the target has flushed the commits
@@ -25,42 +25,44 @@ const FLUSH_POLL: Duration = Duration::from_millis(50);
 
 /// Changes read ahead of the batch being applied, in target batches: decoding overlaps applying,
 /// many small source transactions wait to be applied together, and memory stays bounded.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 2;
 
-/// The reader's hand-over to the applier, bounded by changes rather than by transactions (a
-/// bound of a few transactions would cap every target transaction at a few source ones).
+/// The reader's hand-over to the applier, bounded by changes (and their bytes) rather than by
+/// transactions (a bound of a few transactions would cap every target transaction at a few
+/// source ones).
 struct Handover {
     batches: mpsc::UnboundedReceiver<ChangeBatch>,
     budget: Arc<Semaphore>,
-    max_changes: usize,
+    limit: BatchLimit,
 }
 
-fn weight(batch: &ChangeBatch) -> u32 {
-    batch.changes.len().max(1) as u32
+/// A batch's weight against the hand-over's budget: a full batch weighs `limit.changes`.
+fn weight(batch: &ChangeBatch, limit: &BatchLimit) -> u32 {
+    limit.weight(batch.changes.len(), batch.approx_bytes()).clamp(1, limit.changes) as u32
 }
 
 impl Handover {
-    fn new(max_changes: usize) -> (mpsc::UnboundedSender<ChangeBatch>, Arc<Semaphore>, Handover) {
+    fn new(limit: BatchLimit) -> (mpsc::UnboundedSender<ChangeBatch>, Arc<Semaphore>, Handover) {
         let (sender, batches) = mpsc::unbounded_channel();
-        let max_changes = max_changes.max(1);
-        let budget = Arc::new(Semaphore::new(READ_AHEAD * max_changes));
-        (sender, budget.clone(), Handover { batches, budget, max_changes })
+        let limit = BatchLimit { changes: limit.changes.max(1), bytes: limit.bytes.max(1) };
+        let budget = Arc::new(Semaphore::new(READ_AHEAD * limit.changes));
+        (sender, budget.clone(), Handover { batches, budget, limit })
     }
 
     async fn recv(&mut self) -> Option<ChangeBatch> {
         let batch = self.batches.recv().await?;
-        self.budget.add_permits(weight(&batch) as usize);
+        self.budget.add_permits(weight(&batch, &self.limit) as usize);
         Some(batch)
     }
 
-    /// Changes handed over and not yet taken.
-    fn waiting_changes(&self) -> usize {
-        (READ_AHEAD * self.max_changes).saturating_sub(self.budget.available_permits())
+    /// Whether a full batch has been handed over and not yet taken.
+    fn full_batch_waiting(&self) -> bool {
+        (READ_AHEAD * self.limit.changes).saturating_sub(self.budget.available_permits()) >= self.limit.changes
     }
 
     fn try_recv(&mut self) -> Option<ChangeBatch> {
         let batch = self.batches.try_recv().ok()?;
-        self.budget.add_permits(weight(&batch) as usize);
+        self.budget.add_permits(weight(&batch, &self.limit) as usize);
         Some(batch)
     }
 }
@@ -82,7 +84,7 @@ pub(super) async fn follow(
     repairs_version: i64,
 ) -> anyhow::Result<()> {
     let Pipeline { file, endpoints, store, tables, shutdown, touched } = pipeline;
-    let options = FollowOptions { max_batch_changes: file.apply.max_batch_changes };
+    let options = FollowOptions { batch_limit: file.apply.batch_limit() };
     let Position::Postgres(lsn) = start;
     let confirmed = wait_for_slot_release(&source_client, &file.slot_name()).await?;
     let publication = file.publication_name();
@@ -93,7 +95,7 @@ pub(super) async fn follow(
         .start_logical(&file.slot_name(), lsn, &[("publication_names", publication.as_str()), ("messages", "true")])
         .await?;
     let (acknowledge, acknowledgements) = watch::channel(None);
-    let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, confirmed, options.max_batch_changes);
+    let source = PgSource::new(stream, acknowledgements, source_client, tables.clone(), lsn, confirmed, options.batch_limit);
     let sink = LaneSink::open(&endpoints.target, target_client, store, &start, file.apply.parallel, file.apply.as_replica, repairs_version).await?;
     tracing::info!(position = %start, "following the change stream");
     let verifier = touched
@@ -140,12 +142,12 @@ async fn apply_loop<S: Source + 'static>(
     touched: Option<Touched>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let (batches, budget, mut incoming) = Handover::new(options.max_batch_changes);
-    let reader = tokio::spawn(read_loop(source, batches, budget));
+    let (batches, budget, mut incoming) = Handover::new(options.batch_limit);
+    let reader = tokio::spawn(read_loop(source, batches, budget, options.batch_limit));
     let mut inside_transaction = false;
     let mut report = Report::default();
     let mut gathering =
-        Gathering { seam, shaper, touched: touched.as_ref(), max_changes: options.max_batch_changes, settling_until: sink.settling_until() };
+        Gathering { seam, shaper, touched: touched.as_ref(), limit: options.batch_limit, settling_until: sink.settling_until() };
     let mut readied = None;
     let mut told_catching_up = false;
     let mut applied = start;
@@ -193,7 +195,7 @@ async fn apply_loop<S: Source + 'static>(
                 // Readying ahead pays while a full batch is waiting (catching up). With less, a
                 // batch gathered after this one commits also holds what arrives meanwhile, so
                 // nothing waits for two target transactions.
-                if incoming.waiting_changes() < options.max_batch_changes {
+                if !incoming.full_batch_waiting() {
                     return None;
                 }
                 // The connection sends this batch's statements first.
@@ -244,7 +246,7 @@ struct Gathering<'a> {
     seam: Seam,
     shaper: Shaper,
     touched: Option<&'a Touched>,
-    max_changes: usize,
+    limit: BatchLimit,
     /// Until the stream passes this commit, a batch holds one source transaction: apply lanes
     /// stopped ahead of the checkpoint skip whole transactions (see `LaneSink`).
     settling_until: Option<Position>,
@@ -252,10 +254,11 @@ struct Gathering<'a> {
 
 impl Gathering<'_> {
     /// Takes the first batch and whatever complete transactions are already waiting (up to
-    /// `max_changes`), filtered and transformed into one batch for one target transaction.
+    /// `limit`), filtered and transformed into one batch for one target transaction.
     fn batch(&mut self, first: ChangeBatch, incoming: &mut Handover) -> anyhow::Result<ChangeBatch> {
         let mut merged = ChangeBatch { begins_at: first.begins_at.clone(), changes: Vec::new(), commit: None };
         let mut next = Some(first);
+        let mut bytes = 0;
         while let Some(batch) = next.take() {
             if let Some(touched) = self.touched {
                 let commit_micros = batch.commit.as_ref().map(|c| c.time_micros).unwrap_or_else(now_micros);
@@ -265,12 +268,13 @@ impl Gathering<'_> {
                 check_schema_change(&change)?;
                 let Some(change) = self.seam.filter(change, &batch.begins_at)? else { continue };
                 if let Some(change) = self.shaper.apply(change)? {
+                    bytes += change.approx_bytes();
                     merged.changes.push(change);
                 }
             }
             merged.commit = batch.commit;
             let settling = merged.commit.as_ref().zip(self.settling_until.as_ref()).is_some_and(|(commit, until)| commit.position <= *until);
-            if merged.commit.is_some() && merged.changes.len() < self.max_changes && !settling {
+            if merged.commit.is_some() && !self.limit.is_full(merged.changes.len(), bytes) && !settling {
                 next = incoming.try_recv();
             }
         }
@@ -300,10 +304,15 @@ fn check_schema_change(change: &Change) -> anyhow::Result<()> {
     )
 }
 
-async fn read_loop<S: Source>(mut source: S, batches: mpsc::UnboundedSender<ChangeBatch>, budget: Arc<Semaphore>) -> anyhow::Result<()> {
+async fn read_loop<S: Source>(
+    mut source: S,
+    batches: mpsc::UnboundedSender<ChangeBatch>,
+    budget: Arc<Semaphore>,
+    limit: BatchLimit,
+) -> anyhow::Result<()> {
     while let Some(batch) = source.next_batch().await? {
-        // A source batch holds at most max_batch_changes, a quarter of the budget.
-        let room = budget.acquire_many(weight(&batch)).await;
+        // A source batch weighs at most a full batch, a READ_AHEAD-th of the budget.
+        let room = budget.acquire_many(weight(&batch, &limit)).await;
         let handed = match room {
             Ok(permits) => {
                 permits.forget();
@@ -356,5 +365,36 @@ impl Report {
 
     fn partial(&mut self, changes: usize) {
         self.changes += changes as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::{TableId, TableSchema, Value};
+
+    fn batch(rows: usize, text_bytes: usize) -> ChangeBatch {
+        let table = Arc::new(TableSchema { id: TableId::new("public", "t"), columns: Vec::new(), key: vec![0] });
+        let changes = (0..rows).map(|_| Change::Insert { table: table.clone(), row: vec![Value::text("x".repeat(text_bytes))] }).collect();
+        ChangeBatch { begins_at: Position::Postgres(Lsn(0)), changes, commit: None }
+    }
+
+    #[tokio::test]
+    async fn the_hand_over_counts_wide_rows_by_their_bytes() {
+        let limit = BatchLimit { changes: 1_000, bytes: 1 << 20 };
+        let (sender, budget, mut incoming) = Handover::new(limit);
+        // Ten narrow changes are far from a full batch; ten of 200 KiB are more than one.
+        for (rows, text_bytes, full) in [(10, 10, false), (10, 200 << 10, true)] {
+            let batch = batch(rows, text_bytes);
+            budget.acquire_many(weight(&batch, &limit)).await.unwrap().forget();
+            sender.send(batch).unwrap();
+            assert_eq!(incoming.full_batch_waiting(), full);
+            incoming.recv().await.unwrap();
+            assert!(!incoming.full_batch_waiting());
+        }
+        // A single change larger than a whole batch still fits the budget, as one full batch.
+        let huge = batch(1, 3 << 20);
+        assert_eq!(weight(&huge, &limit), 1_000);
+        assert!(budget.try_acquire_many(weight(&huge, &limit)).is_ok());
     }
 }

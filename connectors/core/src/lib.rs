@@ -10,7 +10,7 @@ mod schema;
 mod traits;
 mod value;
 
-pub use change::{Change, ChangeBatch, Commit};
+pub use change::{BatchLimit, Change, ChangeBatch, Commit};
 pub use error::{ConnectorError, ErrorKind};
 pub use position::{Lsn, Position};
 pub use schema::{Column, TableId, TableSchema};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::pin::Pin;
 use std::time::Duration;
 
-use switchyard_core::{
+use switchyard_core::{BatchLimit, 
     Acknowledgements, Change, ChangeBatch, Column, Commit, ConnectorError, Lsn, Position, Progress, Source, TableId, TableSchema, Value,
 };
 use tokio_postgres::Client;
@@ -44,7 +44,7 @@ pub struct PgSource {
     /// Transactions whose commit ends at or before this were applied already.
     resume_after: Lsn,
     open: Option<OpenTransaction>,
-    max_batch_changes: usize,
+    batch_limit: BatchLimit,
     /// End of the last transaction handed out, and how far the runtime reported the target has
     /// it: committed (`applied`) and on disk (`durable`).
     handed_out: Lsn,
@@ -65,6 +65,8 @@ struct OpenTransaction {
     begins_at: Lsn,
     skip: bool,
     changes: Vec<Change>,
+    /// `approx_bytes` of `changes`.
+    bytes: usize,
     split: bool,
     /// Carries a Switchyard mark (a probe or a cutover's fence): applied even though empty, so
     /// the checkpoint shows the consumer has passed it.
@@ -82,7 +84,7 @@ impl PgSource {
         tables: Vec<Arc<TableSchema>>,
         resume_after: Lsn,
         confirmed: Lsn,
-        max_batch_changes: usize,
+        batch_limit: BatchLimit,
     ) -> Self {
         PgSource {
             stream,
@@ -93,7 +95,7 @@ impl PgSource {
             relations: HashMap::new(),
             resume_after,
             open: None,
-            max_batch_changes: max_batch_changes.max(1),
+            batch_limit,
             handed_out: resume_after,
             applied: resume_after,
             // The checkpoint may not be on the target's disk yet (a run that died just after
@@ -119,6 +121,7 @@ impl PgSource {
                     begins_at: final_lsn,
                     skip: final_lsn < self.resume_after,
                     changes: Vec::new(),
+                    bytes: 0,
                     split: false,
                     marked: false,
                 });
@@ -175,10 +178,11 @@ impl PgSource {
             }
             Message::Origin { .. } | Message::Type { .. } | Message::Message { .. } => {}
         }
-        let split = self.open.as_ref().is_some_and(|t| !t.skip && t.changes.len() >= self.max_batch_changes);
+        let split = self.open.as_ref().is_some_and(|t| !t.skip && self.batch_limit.is_full(t.changes.len(), t.bytes));
         if split {
             let txn = self.open.as_mut().expect("checked above");
             txn.split = true;
+            txn.bytes = 0;
             return Ok(Some(ChangeBatch {
                 begins_at: Position::Postgres(txn.begins_at),
                 changes: std::mem::take(&mut txn.changes),
@@ -191,6 +195,7 @@ impl PgSource {
     fn push(&mut self, change: Change) {
         if let Some(txn) = self.open.as_mut() {
             if !txn.skip {
+                txn.bytes += change.approx_bytes();
                 txn.changes.push(change);
             }
         }
@@ -283,8 +288,8 @@ impl Source for PgSource {
             if let Some(relation) = self.unresolved.clone() {
                 let change = self.on_relation(relation).await?;
                 self.unresolved = None;
-                if let (Some(change), Some(txn)) = (change, self.open.as_mut()) {
-                    txn.changes.push(change);
+                if let Some(change) = change {
+                    self.push(change);
                 }
             }
             // Only the stream read and the channel wait are ever cancelled here; both lose nothing.
