@@ -55,6 +55,11 @@ fn survives_kill_9_at_twenty_points_under_load() {
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_tenantize", &mut process);
     assert_tenantized_equal(&pair);
+    logs.push(process.log());
+    assert!(
+        logs.iter().any(|l| l.contains("caught up: the backlog is applied and on the target's disk")),
+        "no run flushed the target at the end of a backlog"
+    );
     assert_eq!(pair.target.psql("app", indexes), target_indexes, "the indexes set aside for the copy are not all back");
     let chunks = pair.target.psql("app", "SELECT count(*) FILTER (WHERE copied_at IS NULL), count(*) FROM switchyard.snapshot_chunks");
     assert!(chunks.starts_with("0|"), "snapshot chunks not all done: {chunks}");

@@ -55,6 +55,11 @@ impl Handover {
         Some(batch)
     }
 
+    /// Whether nothing has been handed over that is not yet taken.
+    fn is_empty(&self) -> bool {
+        self.budget.available_permits() >= READ_AHEAD * self.limit.changes
+    }
+
     /// Whether a full batch has been handed over and not yet taken.
     fn full_batch_waiting(&self) -> bool {
         (READ_AHEAD * self.limit.changes).saturating_sub(self.budget.available_permits()) >= self.limit.changes
@@ -150,6 +155,8 @@ async fn apply_loop<S: Source + 'static>(
         Gathering { seam, shaper, touched: touched.as_ref(), limit: options.batch_limit, settling_until: sink.settling_until() };
     let mut readied = None;
     let mut told_catching_up = false;
+    // Batches have been readied ahead since the last flush: a backlog is being applied.
+    let mut catching_up = false;
     let mut applied = start;
     // What the source hears: what the target committed, and what of it is on the target's disk.
     let publish = |applied: &Position, sink: &LaneSink| {
@@ -220,6 +227,15 @@ async fn apply_loop<S: Source + 'static>(
             if readied.is_some() && !told_catching_up {
                 tracing::info!("catching up: each batch is readied while the target applies the one before it");
                 told_catching_up = true;
+            }
+            catching_up |= readied.is_some();
+            if catching_up && readied.is_none() && incoming.is_empty() && !inside_transaction && sink.awaiting_flush() {
+                // A backlog is applied: confirm it to the source now, with one flush, rather
+                // than after the target's WAL writer gets to it (up to wal_writer_delay).
+                sink.flush().await?;
+                publish(&applied, &sink);
+                tracing::info!(position = %applied, "caught up: the backlog is applied and on the target's disk");
+                catching_up = false;
             }
         }
     }
