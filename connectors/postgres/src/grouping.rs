@@ -143,9 +143,12 @@ fn shape_of(change: &Change) -> Option<(Shape<'_>, &Arc<TableSchema>)> {
 }
 
 /// Hashes of the keys a change touches (its row's, and before a key update, the old one), each
-/// with its table schema's address: no key is copied. Two different rows may share a hash; that
-/// only ends a segment early (a statement more), never reorders.
-fn touched_key_hashes(change: &Change, table: usize, hasher: &impl BuildHasher) -> [Option<u64>; 2] {
+/// with its table's name: no key is copied. Two different rows may share a hash; that only ends
+/// a segment early (a statement more), never reorders. The name, not the schema's address: a
+/// batch may hold one table under two schema values (the source sends a table's description
+/// again after the server's cache of it was invalidated, say by autovacuum), and a row must be
+/// the same row under both.
+fn touched_key_hashes(change: &Change, table: &TableId, hasher: &impl BuildHasher) -> [Option<u64>; 2] {
     let hash = |values: &mut dyn Iterator<Item = &Value>| {
         let mut state = hasher.build_hasher();
         table.hash(&mut state);
@@ -183,7 +186,7 @@ pub fn group(changes: &[Change], ties: &Ties) -> Vec<Group> {
     let mut tied_last: FxHashMap<&TableId, Place> = FxHashMap::default();
     for (index, change) in changes.iter().enumerate() {
         let Some((shape, table)) = shape_of(change) else { continue };
-        let keys = touched_key_hashes(change, shape.table, &hasher);
+        let keys = touched_key_hashes(change, &table.id, &hasher);
         let mut layer = keys.iter().flatten().filter_map(|key| rows.get(key)).map(|&last| last + 1).max().unwrap_or(0);
         let tied = ties.binds(&table.id);
         // The last group holding a change this one must follow by a tie, if any.
@@ -361,6 +364,18 @@ mod tests {
         let groups = group(&changes, &Ties::default());
         assert_eq!(apply(&in_group_order(&changes, &groups)), apply(&changes.iter().collect::<Vec<_>>()));
         assert!(groups.len() >= 3);
+    }
+
+    #[test]
+    fn a_row_is_one_row_under_two_values_of_its_tables_schema() {
+        // The source described the table again mid-batch: equal schemas, two allocations.
+        let (before, after) = (table("t"), table("t"));
+        let changes = vec![update(&before, 1, "a"), update(&before, 1, "b"), delete(&after, 1), update(&after, 2, "c")];
+        let groups = group(&changes, &Ties::default());
+        let ordered = in_group_order(&changes, &groups);
+        let position = |wanted: &Change| ordered.iter().position(|c| std::ptr::eq(*c, wanted)).unwrap();
+        assert!(position(&changes[1]) < position(&changes[2]), "the delete of row 1 went before its second update: {groups:?}");
+        assert_eq!(apply(&ordered), apply(&changes.iter().collect::<Vec<_>>()));
     }
 
     fn ties(orders: &Arc<TableSchema>, users: &Arc<TableSchema>) -> Ties {

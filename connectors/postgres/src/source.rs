@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::pin::Pin;
 use std::time::Duration;
 
-use switchyard_core::{BatchLimit, 
-    Acknowledgements, Change, ChangeBatch, Column, Commit, ConnectorError, Lsn, Position, Progress, Source, TableId, TableSchema, Value,
+use switchyard_core::{
+    Acknowledgements, BatchLimit, Change, ChangeBatch, Column, Commit, ConnectorError, Lsn, Position, Progress, Source, TableId, TableSchema, Value,
 };
 use tokio_postgres::Client;
 
@@ -236,12 +236,16 @@ impl PgSource {
             Some(p) => p.key_names().iter().filter_map(|name| columns.iter().position(|c| &c.name == name)).collect(),
             None => flagged_key,
         };
-        let schema = Arc::new(TableSchema { id, columns, key });
-        let change = match previous {
-            Some(old) if old.columns != schema.columns || old.key != schema.key || old.id != schema.id => {
-                Some(Change::Schema { old, new: schema.clone() })
+        let described = TableSchema { id, columns, key };
+        // The server describes a table again whenever its cache of it was invalidated (say by
+        // autovacuum); an unchanged table keeps its schema value, so its changes stay one shape.
+        let (schema, change) = match previous {
+            Some(old) if *old == described => (old, None),
+            Some(old) => {
+                let new = Arc::new(described);
+                (new.clone(), Some(Change::Schema { old, new }))
             }
-            _ => None,
+            None => (Arc::new(described), None),
         };
         self.relations.insert(relation.oid, schema);
         Ok(change)
