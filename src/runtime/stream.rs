@@ -31,7 +31,15 @@ const READ_AHEAD: usize = 2;
 /// transactions (a bound of a few transactions would cap every target transaction at a few
 /// source ones).
 struct Handover {
-    batches: mpsc::UnboundedReceiver<ChangeBatch>,
+    /// Each batch with the weight it took from the budget, given back when it is taken.
+    batches: mpsc::UnboundedReceiver<(ChangeBatch, u32)>,
+    budget: Arc<Semaphore>,
+    limit: BatchLimit,
+}
+
+/// The reader's end of the hand-over: weighs each batch once and waits for room for it.
+struct HandoverSender {
+    batches: mpsc::UnboundedSender<(ChangeBatch, u32)>,
     budget: Arc<Semaphore>,
     limit: BatchLimit,
 }
@@ -41,34 +49,54 @@ fn weight(batch: &ChangeBatch, limit: &BatchLimit) -> u32 {
     limit.weight(batch.changes.len(), batch.approx_bytes()).clamp(1, limit.changes) as u32
 }
 
+impl HandoverSender {
+    /// Hands `batch` over once there is room for it; false if the applier has stopped.
+    async fn send(&self, batch: ChangeBatch) -> bool {
+        // A batch weighs at most a full batch, a READ_AHEAD-th of the budget.
+        let weight = weight(&batch, &self.limit);
+        match self.budget.acquire_many(weight).await {
+            Ok(permits) => {
+                permits.forget();
+                self.batches.send((batch, weight)).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 impl Handover {
-    fn new(limit: BatchLimit) -> (mpsc::UnboundedSender<ChangeBatch>, Arc<Semaphore>, Handover) {
+    fn new(limit: BatchLimit) -> (HandoverSender, Handover) {
         let (sender, batches) = mpsc::unbounded_channel();
         let limit = BatchLimit { changes: limit.changes.max(1), bytes: limit.bytes.max(1) };
         let budget = Arc::new(Semaphore::new(READ_AHEAD * limit.changes));
-        (sender, budget.clone(), Handover { batches, budget, limit })
+        (HandoverSender { batches: sender, budget: budget.clone(), limit }, Handover { batches, budget, limit })
     }
 
     async fn recv(&mut self) -> Option<ChangeBatch> {
-        let batch = self.batches.recv().await?;
-        self.budget.add_permits(weight(&batch, &self.limit) as usize);
+        let (batch, weight) = self.batches.recv().await?;
+        self.budget.add_permits(weight as usize);
         Some(batch)
+    }
+
+    fn try_recv(&mut self) -> Option<ChangeBatch> {
+        let (batch, weight) = self.batches.try_recv().ok()?;
+        self.budget.add_permits(weight as usize);
+        Some(batch)
+    }
+
+    /// The weight handed over and not yet taken.
+    fn waiting(&self) -> usize {
+        (READ_AHEAD * self.limit.changes).saturating_sub(self.budget.available_permits())
     }
 
     /// Whether nothing has been handed over that is not yet taken.
     fn is_empty(&self) -> bool {
-        self.budget.available_permits() >= READ_AHEAD * self.limit.changes
+        self.waiting() == 0
     }
 
     /// Whether a full batch has been handed over and not yet taken.
     fn full_batch_waiting(&self) -> bool {
-        (READ_AHEAD * self.limit.changes).saturating_sub(self.budget.available_permits()) >= self.limit.changes
-    }
-
-    fn try_recv(&mut self) -> Option<ChangeBatch> {
-        let batch = self.batches.try_recv().ok()?;
-        self.budget.add_permits(weight(&batch, &self.limit) as usize);
-        Some(batch)
+        self.waiting() >= self.limit.changes
     }
 }
 
@@ -147,8 +175,8 @@ async fn apply_loop<S: Source + 'static>(
     touched: Option<Touched>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let (batches, budget, mut incoming) = Handover::new(options.batch_limit);
-    let reader = tokio::spawn(read_loop(source, batches, budget, options.batch_limit));
+    let (handover, mut incoming) = Handover::new(options.batch_limit);
+    let reader = tokio::spawn(read_loop(source, handover));
     let mut inside_transaction = false;
     let mut report = Report::default();
     let mut gathering =
@@ -320,23 +348,9 @@ fn check_schema_change(change: &Change) -> anyhow::Result<()> {
     )
 }
 
-async fn read_loop<S: Source>(
-    mut source: S,
-    batches: mpsc::UnboundedSender<ChangeBatch>,
-    budget: Arc<Semaphore>,
-    limit: BatchLimit,
-) -> anyhow::Result<()> {
+async fn read_loop<S: Source>(mut source: S, handover: HandoverSender) -> anyhow::Result<()> {
     while let Some(batch) = source.next_batch().await? {
-        // A source batch weighs at most a full batch, a READ_AHEAD-th of the budget.
-        let room = budget.acquire_many(weight(&batch, &limit)).await;
-        let handed = match room {
-            Ok(permits) => {
-                permits.forget();
-                batches.send(batch).is_ok()
-            }
-            Err(_) => false,
-        };
-        if !handed {
+        if !handover.send(batch).await {
             // The applier stopped; keep serving acknowledgements until it closes them.
             while source.next_batch().await?.is_some() {}
             break;
@@ -398,12 +412,10 @@ mod tests {
     #[tokio::test]
     async fn the_hand_over_counts_wide_rows_by_their_bytes() {
         let limit = BatchLimit { changes: 1_000, bytes: 1 << 20 };
-        let (sender, budget, mut incoming) = Handover::new(limit);
+        let (sender, mut incoming) = Handover::new(limit);
         // Ten narrow changes are far from a full batch; ten of 200 KiB are more than one.
         for (rows, text_bytes, full) in [(10, 10, false), (10, 200 << 10, true)] {
-            let batch = batch(rows, text_bytes);
-            budget.acquire_many(weight(&batch, &limit)).await.unwrap().forget();
-            sender.send(batch).unwrap();
+            assert!(sender.send(batch(rows, text_bytes)).await);
             assert_eq!(incoming.full_batch_waiting(), full);
             incoming.recv().await.unwrap();
             assert!(!incoming.full_batch_waiting());
@@ -411,6 +423,6 @@ mod tests {
         // A single change larger than a whole batch still fits the budget, as one full batch.
         let huge = batch(1, 3 << 20);
         assert_eq!(weight(&huge, &limit), 1_000);
-        assert!(budget.try_acquire_many(weight(&huge, &limit)).is_ok());
+        assert!(sender.budget.try_acquire_many(weight(&huge, &limit)).is_ok());
     }
 }
