@@ -10,10 +10,14 @@
 //! out of a buffer the connection owns, and the only await is the socket read that refills it.
 //! XLogData payloads are slices of that buffer, never copies.
 
+mod pacing;
 mod protocol;
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+
+use pacing::ReadPacing;
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
@@ -44,6 +48,7 @@ struct Wire {
     writer: WriteHalf<BoxedStream>,
     read_buffer: BytesMut,
     peer: Peer,
+    pacing: ReadPacing,
 }
 
 impl Wire {
@@ -57,10 +62,7 @@ impl Wire {
 
     /// Reads more bytes into the buffer. Cancel-safe: a cancelled read loses nothing.
     async fn fill_read_buffer(&mut self) -> Result<(), ConnectorError> {
-        if self.read_buffer.capacity() - self.read_buffer.len() < 4096 {
-            self.read_buffer.reserve(64 * 1024);
-        }
-        match self.reader.read_buf(&mut self.read_buffer).await {
+        match self.pacing.read(&mut self.reader, &mut self.read_buffer).await {
             Ok(0) => Err(ConnectorError::transient(format!(
                 "PostgreSQL at {} closed the replication connection",
                 self.peer.address
@@ -125,10 +127,11 @@ impl ReplicationConnection {
         };
         let database = config.get_dbname().unwrap_or(&user).to_string();
         let peer = Peer { address: endpoint.describe(), user, database };
-        let stream = endpoint.open(tls).await?;
+        let (stream, socket) = endpoint.open(tls).await?;
         let (reader, writer) = tokio::io::split(stream);
-        let mut connection =
-            ReplicationConnection { wire: Wire { reader, writer, read_buffer: BytesMut::new(), peer } };
+        let mut connection = ReplicationConnection {
+            wire: Wire { reader, writer, read_buffer: BytesMut::new(), peer, pacing: ReadPacing::new(socket) },
+        };
         connection.start_session(config).await?;
         tracing::debug!(server = %connection.wire.peer.address, "walsender connection ready");
         Ok(connection)
@@ -386,13 +389,14 @@ impl Endpoint {
         }
     }
 
-    /// A connected byte stream, encrypted if the settings and the server agree. The server never
-    /// offers TLS on a Unix socket, and libpq does not ask there, so neither do we.
-    async fn open(&self, tls: &TlsSettings) -> Result<BoxedStream, ConnectorError> {
+    /// A connected byte stream, encrypted if the settings and the server agree, and the TCP socket
+    /// under it (for the read pacing). The server never offers TLS on a Unix socket, and libpq
+    /// does not ask there, so neither do we.
+    async fn open(&self, tls: &TlsSettings) -> Result<(BoxedStream, Option<RawFd>), ConnectorError> {
         let (address, tls_name, port) = match self {
             Endpoint::Unix { socket } => {
                 let stream = UnixStream::connect(socket).await.map_err(|err| io_error(&self.describe(), err))?;
-                return Ok(Box::new(stream));
+                return Ok((Box::new(stream), None));
             }
             Endpoint::Tcp { address, tls_name, port } => (address, tls_name, *port),
         };
@@ -402,7 +406,8 @@ impl Endpoint {
             Ok::<_, ConnectorError>(stream)
         };
         let mut stream = connect_tcp().await?;
-        let Some(rustls_config) = tls.rustls_config()? else { return Ok(Box::new(stream)) };
+        let fd = stream.as_raw_fd();
+        let Some(rustls_config) = tls.rustls_config()? else { return Ok((Box::new(stream), Some(fd))) };
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
         let mut answer = [0u8; 1];
@@ -413,7 +418,7 @@ impl Endpoint {
         negotiated.await.map_err(|err| io_error(&self.describe(), err))?;
         match (answer[0], &tls.mode) {
             (b'S', _) => {}
-            (b'N', SslMode::Prefer) => return Ok(Box::new(stream)),
+            (b'N', SslMode::Prefer) => return Ok((Box::new(stream), Some(fd))),
             (b'N', mode) => {
                 return Err(ConnectorError::config(format!(
                     "PostgreSQL at {} does not accept SSL connections, but the connection URL asks for sslmode={}",
@@ -427,10 +432,12 @@ impl Endpoint {
             .map_err(|err| ConnectorError::config(format!("host {tls_name:?} cannot be checked by TLS: {err}")))?;
         let connector = tokio_rustls::TlsConnector::from(rustls_config);
         match connector.connect(server_name, stream).await {
-            Ok(encrypted) => Ok(Box::new(encrypted)),
+            Ok(encrypted) => Ok((Box::new(encrypted), Some(fd))),
             Err(err) if tls.mode == SslMode::Prefer => {
                 tracing::debug!(error = %err, "TLS failed under sslmode=prefer; retrying without TLS");
-                Ok(Box::new(connect_tcp().await?))
+                let stream = connect_tcp().await?;
+                let fd = stream.as_raw_fd();
+                Ok((Box::new(stream), Some(fd)))
             }
             Err(err) => Err(tls_error(&self.describe(), tls, err)),
         }
