@@ -205,6 +205,7 @@ impl Stream<'_> {
     /// Switchyard run on `pipeline` until its slot reached `goal`: the seconds and peak RSS (MiB);
     /// its CPU is printed.
     fn switchyard_catch_up(&self, figure: &str, (tool, slot): (&'static str, &str), pipeline: &Path, goal: &str) -> (f64, u64) {
+        self.print_reread(tool, slot);
         let timeline = self.start_timeline(tool, slot, goal);
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
@@ -222,6 +223,7 @@ impl Stream<'_> {
     /// The native subscription enabled until its slot reached `goal`, then disabled again: the
     /// seconds; its CPU is printed.
     fn native_catch_up(&self, figure: &str, goal: &str) -> f64 {
+        self.print_reread("native", "bench_native");
         let timeline = self.start_timeline("native", "bench_native", goal);
         let recording = profile::start(self.profile, self.dir, figure);
         let (started, busy) = (Instant::now(), machine_busy_seconds());
@@ -347,6 +349,15 @@ impl Stream<'_> {
             self.consumer_pids(tool, switchyard).iter().map(|(name, pids)| format!("{name}_cpu_s={:.1}", cpu_of(pids))).collect();
         let busy = (machine_busy_seconds() - busy_before) / seconds * 100.0;
         println!("figure=catch_up_cpu tool={tool} wall_s={seconds:.1} machine_busy={busy:.0}% (of 2 cores: 200%) {}", used.join(" "));
+    }
+
+    /// WAL the slot's walsender decodes again before it reaches what its consumer has not yet
+    /// confirmed: a slot's restart point moves only at a snapshot the source logs (every 15 s
+    /// while it writes, or at a checkpoint) once the consumer confirmed past it.
+    fn print_reread(&self, tool: &str, slot: &str) {
+        let sql = format!("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) / 1048576 FROM pg_replication_slots WHERE slot_name = '{slot}'");
+        let mib: f64 = self.source.psql("app", &sql).parse().unwrap_or(f64::NAN);
+        println!("figure=catch_up_reread tool={tool} mib={mib:.1}");
     }
 
     /// The processes that move a tool's changes, looked up now.
