@@ -406,8 +406,7 @@ impl Endpoint {
             Ok::<_, ConnectorError>(stream)
         };
         let mut stream = connect_tcp().await?;
-        let fd = stream.as_raw_fd();
-        let Some(rustls_config) = tls.rustls_config()? else { return Ok((Box::new(stream), Some(fd))) };
+        let Some(rustls_config) = tls.rustls_config()? else { return Ok(unencrypted(stream)) };
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
         let mut answer = [0u8; 1];
@@ -418,7 +417,7 @@ impl Endpoint {
         negotiated.await.map_err(|err| io_error(&self.describe(), err))?;
         match (answer[0], &tls.mode) {
             (b'S', _) => {}
-            (b'N', SslMode::Prefer) => return Ok((Box::new(stream), Some(fd))),
+            (b'N', SslMode::Prefer) => return Ok(unencrypted(stream)),
             (b'N', mode) => {
                 return Err(ConnectorError::config(format!(
                     "PostgreSQL at {} does not accept SSL connections, but the connection URL asks for sslmode={}",
@@ -431,17 +430,22 @@ impl Endpoint {
         let server_name = rustls::pki_types::ServerName::try_from(tls_name.clone())
             .map_err(|err| ConnectorError::config(format!("host {tls_name:?} cannot be checked by TLS: {err}")))?;
         let connector = tokio_rustls::TlsConnector::from(rustls_config);
+        let fd = stream.as_raw_fd();
         match connector.connect(server_name, stream).await {
             Ok(encrypted) => Ok((Box::new(encrypted), Some(fd))),
             Err(err) if tls.mode == SslMode::Prefer => {
                 tracing::debug!(error = %err, "TLS failed under sslmode=prefer; retrying without TLS");
-                let stream = connect_tcp().await?;
-                let fd = stream.as_raw_fd();
-                Ok((Box::new(stream), Some(fd)))
+                Ok(unencrypted(connect_tcp().await?))
             }
             Err(err) => Err(tls_error(&self.describe(), tls, err)),
         }
     }
+}
+
+/// A TCP stream used as it is, with its socket for the read pacing.
+fn unencrypted(stream: TcpStream) -> (BoxedStream, Option<RawFd>) {
+    let fd = stream.as_raw_fd();
+    (Box::new(stream), Some(fd))
 }
 
 fn io_error(server: &str, err: io::Error) -> ConnectorError {
