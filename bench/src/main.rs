@@ -201,7 +201,7 @@ fn main() {
     let pid = run.id();
     if let (Some(recording), Some((_, _, on_source, on_target))) = (recording, copy_backends) {
         let groups = [("source", on_source.into_iter().collect()), ("target", on_target.into_iter().collect()), ("switchyard", vec![pid])];
-        recording.finish("snapshot", "switchyard", &groups, profile::SNAPSHOT_TARGET);
+        recording.finish("snapshot", "switchyard", &groups, &[("target", profile::SNAPSHOT_TARGET)]);
     }
     peak_rss = peak_rss.max(rss_mib(pid));
     println!("figure=peak_rss_snapshot tool=switchyard mib={peak_rss}");

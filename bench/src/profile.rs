@@ -9,11 +9,14 @@ use std::process::{Child, Command, Stdio};
 
 use crate::kill;
 
-/// What the target's applying backend spends a catch-up on: each function it was sampled in
-/// (its own time, not its callees') counts for the first group one of whose name prefixes it
-/// has; "[kernel]" takes kernel functions. (Call graphs are not used: PostgreSQL's packaged
-/// build has no frame pointers, and perf's unwinding of it double-counts.)
-pub const CATCH_UP_TARGET: &[(&str, &[&str])] = &[
+/// Where a process group's time goes: each function it was sampled in (its own time, not its
+/// callees') counts for the first work one of whose name prefixes it has; "[kernel]" takes
+/// kernel functions. (Call graphs are not used: PostgreSQL's packaged build has no frame
+/// pointers, and perf's unwinding of it double-counts.)
+pub type Work = &'static [(&'static str, &'static [&'static str])];
+
+/// What the target's applying backend spends a catch-up on.
+pub const CATCH_UP_TARGET: Work = &[
     ("B-tree descents and inserts", &["_bt", "bt"]),
     ("pruning heap pages of dead row versions", &["heap_page_prune", "heap_prune", "HeapTupleSatisfiesVacuum", "PageRepairFragmentation"]),
     ("buffer lookups and locks", &["hash_search_with_hash_value", "LWLock", "ReadBuffer", "PinBuffer", "UnpinBuffer", "ReleaseBuffer", "BufTableLookup"]),
@@ -22,8 +25,22 @@ pub const CATCH_UP_TARGET: &[(&str, &[&str])] = &[
     ("the kernel (sockets, page cache)", &["[kernel]"]),
 ];
 
+/// What the source's walsender spends a catch-up on: the same for every consumer, except for
+/// how the consumer's reading shapes the kernel's work of sending.
+pub const CATCH_UP_WALSENDER: Work = &[
+    ("the kernel (sending and receiving)", &["[kernel]"]),
+    ("reading and decoding WAL", &["XLog", "DecodeXLog", "LogicalDecoding", "heap_decode", "heap2_decode", "xact_decode", "standby_decode", "Decode", "WALRead", "pg_comp_crc32c", "ReadPageInternal", "logical_read_xlog_page", "pg_pread", "__libc_pread"]),
+    ("the reorder buffer", &["ReorderBuffer", "SnapBuild"]),
+    ("pgoutput: rows to messages", &["pgoutput", "logicalrep_write", "OutputFunctionCall", "FunctionCall1Coll", "int8out", "int4out", "numeric_out", "get_str_from_var", "textout", "timestamptz_out", "uuid_out", "pq_send", "pq_begintypsend", "enlargeStringInfo", "appendBinaryStringInfo", "heap_deform_tuple", "slot_deform", "pg_lltoa", "pg_ulltoa"]),
+    ("memory (contexts, copies)", &["AllocSet", "palloc", "pfree", "MemoryContext", "GenerationAlloc", "GenerationFree", "SlabAlloc", "SlabFree", "__memmove", "__memcpy", "__memset"]),
+    ("protocol and socket calls", &["WalSnd", "pq_putmessage", "pq_flush", "internal_flush", "socket_", "secure_write", "secure_read", "pq_recvbuf", "ProcessRepliesIfAny", "__libc_send", "__libc_recv", "__send", "__recv", "GetCurrentTimestamp", "__vdso", "__clock_gettime", "WaitEventSet", "WaitLatch", "epoll"]),
+];
+
+/// A catch-up's work, by process group.
+pub const CATCH_UP: &[(&str, Work)] = &[("target", CATCH_UP_TARGET), ("walsender", CATCH_UP_WALSENDER)];
+
 /// The same for the target's backends in the initial copy.
-pub const SNAPSHOT_TARGET: &[(&str, &[&str])] = &[
+pub const SNAPSHOT_TARGET: Work = &[
     ("the kernel (extending files: zeroing and copying pages)", &["[kernel]"]),
     ("sorting for the index builds", &["tuplesort", "qsort", "pg_qsort", "ssup_", "comparetup", "LogicalTape", "ApplySortComparator", "__memcmp", "uuid_cmp", "btint8cmp"]),
     ("writing index pages", &["_bt"]),
@@ -60,9 +77,9 @@ pub fn start(enabled: bool, dir: &Path, tag: &str) -> Option<Recording> {
 
 impl Recording {
     /// Stops recording and prints, per process group (name, pids), the cores it kept busy on
-    /// average and its hottest functions; for the group named "target", also the share of its
-    /// time under each of `target_work`'s functions.
-    pub fn finish(mut self, figure: &str, tool: &str, groups: &[(&'static str, Vec<u32>)], target_work: &[(&str, &[&str])]) {
+    /// average and its hottest functions; for each group `work` names, also the share of its
+    /// time under each of that work's functions.
+    pub fn finish(mut self, figure: &str, tool: &str, groups: &[(&'static str, Vec<u32>)], work: &[(&str, Work)]) {
         unsafe { kill(self.perf.id() as i32, 2) };
         let _ = self.perf.wait();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -82,22 +99,22 @@ impl Recording {
                 share_of(pids) / 100.0 * cores,
                 top.join(" ")
             );
-            if *group != "target" {
+            let Some((_, group_work)) = work.iter().find(|(name, _)| name == group) else {
                 continue;
-            }
+            };
             let total: f64 = symbols.iter().map(|(share, _)| share).sum();
-            let mut shares = vec![0.0; target_work.len() + 1];
+            let mut shares = vec![0.0; group_work.len() + 1];
             for (share, symbol) in &symbols {
                 let kernel = symbol.starts_with("[kernel]");
                 let name = symbol.trim_start_matches("[kernel] ");
-                let work = target_work.iter().position(|(_, prefixes)| {
+                let work = group_work.iter().position(|(_, prefixes)| {
                     prefixes.iter().any(|prefix| if *prefix == "[kernel]" { kernel } else { !kernel && name.starts_with(prefix) })
                 });
-                shares[work.unwrap_or(target_work.len())] += share;
+                shares[work.unwrap_or(group_work.len())] += share;
             }
-            let names = target_work.iter().map(|(work, _)| *work).chain(["the rest (executor, COPY, protocol, ...)"]);
+            let names = group_work.iter().map(|(work, _)| *work).chain(["the rest"]);
             for (work, share) in names.zip(shares) {
-                println!("figure={figure}_profile tool={tool} process=target work=\"{work}\" share={:.1}%", 100.0 * share / total.max(f64::MIN_POSITIVE));
+                println!("figure={figure}_profile tool={tool} process={group} work=\"{work}\" share={:.1}%", 100.0 * share / total.max(f64::MIN_POSITIVE));
             }
         }
         let _ = std::fs::remove_file(&self.data);

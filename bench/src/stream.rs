@@ -213,7 +213,7 @@ impl Stream<'_> {
         let (seconds, peak) = self.time_until(slot, goal, started, Some(&mut run), timeline);
         self.print_catch_up_cpu(tool, seconds, busy, Some(run.id()));
         if let Some(recording) = recording {
-            recording.finish(figure, tool, &self.consumer_pids(tool, Some(run.id())), profile::CATCH_UP_TARGET);
+            recording.finish(figure, tool, &self.consumer_pids(tool, Some(run.id())), profile::CATCH_UP);
         }
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
@@ -231,7 +231,7 @@ impl Stream<'_> {
         let (seconds, _) = self.time_until("bench_native", goal, started, None, timeline);
         self.print_catch_up_cpu("native", seconds, busy, None);
         if let Some(recording) = recording {
-            recording.finish(figure, "native", &self.consumer_pids("native", None), profile::CATCH_UP_TARGET);
+            recording.finish(figure, "native", &self.consumer_pids("native", None), profile::CATCH_UP);
         }
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
         seconds
