@@ -215,6 +215,7 @@ impl Stream<'_> {
         if let Some(recording) = recording {
             recording.finish(figure, tool, &self.consumer_pids(tool, Some(run.id())), profile::CATCH_UP);
         }
+        self.refresh_restart_point(slot, goal);
         unsafe { kill(run.id() as i32, 15) };
         run.wait().unwrap();
         (seconds, peak)
@@ -233,6 +234,7 @@ impl Stream<'_> {
         if let Some(recording) = recording {
             recording.finish(figure, "native", &self.consumer_pids("native", None), profile::CATCH_UP);
         }
+        self.refresh_restart_point("bench_native", goal);
         self.target.psql("native", "ALTER SUBSCRIPTION bench_native DISABLE");
         seconds
     }
@@ -358,6 +360,25 @@ impl Stream<'_> {
         let sql = format!("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn) / 1048576 FROM pg_replication_slots WHERE slot_name = '{slot}'");
         let mib: f64 = self.source.psql("app", &sql).parse().unwrap_or(f64::NAN);
         println!("figure=catch_up_reread tool={tool} mib={mib:.1}");
+    }
+
+    /// After a consumer reached `goal` (its time taken), before it stops: a checkpoint logs a
+    /// snapshot of running transactions past the goal, and the consumer gets a few seconds to
+    /// confirm it, which moves its slot's restart point there. Stopped at once, the tool that
+    /// went first in a round (right after the backlog, before any such snapshot past it) left
+    /// its slot to decode that whole backlog again in the next round: 100–170 MiB, a second of
+    /// the walsender's CPU, paid by whichever tool the order picked.
+    fn refresh_restart_point(&self, slot: &str, goal: &str) {
+        self.source.psql("app", "CHECKPOINT");
+        let passed = format!("SELECT restart_lsn >= '{goal}' FROM pg_replication_slots WHERE slot_name = '{slot}'");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.source.psql("app", &passed) != "t" {
+            if Instant::now() > deadline {
+                println!("note: slot {slot}'s restart point did not pass the catch-up's goal within 15 s");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The processes that move a tool's changes, looked up now.
