@@ -227,35 +227,6 @@ fn main() {
     };
     let full = wait(&|v| v["full_passes"].as_i64().unwrap_or(0) >= 1);
     let full_seconds = full["full_pass_seconds"].as_f64().unwrap();
-    // Autovacuum would visit the freshly copied tables at some moment of the passes below and
-    // weigh on whichever tool ran then; vacuumed now, it weighs on neither.
-    target.psql("switchyard", "VACUUM ANALYZE");
-    // One-shot verification passes while the pipeline runs (idle source, after the continuous
-    // verifier's first pass, so the two do not share the machine); the median of three.
-    let passes: Vec<(f64, f64)> = (0..VERIFY_PASSES)
-        .map(|_| {
-            let started = Instant::now();
-            let verify = Command::new(&switchyard)
-                .args(["verify", "--json"])
-                .arg(&pipeline)
-                .env("SOURCE_URL", source.url("app"))
-                .env("TARGET_URL", target.url("switchyard"))
-                .env("SWITCHYARD_LOG", pipeline_log())
-                .output()
-                .unwrap();
-            let total = started.elapsed().as_secs_f64();
-            // Its log, when asked for (BENCH_SWITCHYARD_LOG): where a pass's time went.
-            if std::env::var_os("BENCH_SWITCHYARD_LOG").is_some() {
-                eprint!("{}", String::from_utf8_lossy(&verify.stderr));
-            }
-            assert!(verify.status.success(), "verify found differences: {}", String::from_utf8_lossy(&verify.stdout));
-            // The checksum pass alone (its wall time), apart from the integrity checks.
-            let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
-            (report["checksum_seconds"].as_f64().unwrap(), total)
-        })
-        .collect();
-    let verify_seconds = median(passes.iter().map(|p| p.0).collect());
-    let verify_total = median(passes.iter().map(|p| p.1).collect());
     let before_state = status();
     let before = before_state["incremental_seconds"].as_f64().unwrap();
     let rows_before = before_state["incremental_rows"].as_i64().unwrap();
@@ -297,26 +268,67 @@ fn main() {
         println!("figure={figure} tool={tool} seconds={seconds:.3} rows_per_s={:.0} mb_per_s={:.1}", rows / seconds, megabytes / seconds);
         figures.push(Figure { figure: figure.to_string(), tool, value: rows / seconds, unit: "rows/s" });
     };
-    record("verify", "switchyard", verify_seconds);
-    record("verify+integrity", "switchyard", verify_total);
     let checksum = |table: &str, columns: &str| {
         format!("SELECT count(1), md5(format('%s-%s', sum(hashtext(({columns})::text)::bigint), count(1)))::uuid FROM ONLY {table}")
     };
     let tables = [("users", "id, email, name, created_at"), ("orders", "id, user_id, amount, status, note")];
-    let peer_passes = (0..VERIFY_PASSES)
-        .map(|_| {
-            let started = Instant::now();
-            std::thread::scope(|s| {
-                for (table, columns) in tables {
-                    let sql = checksum(table, columns);
-                    let (source, target, sql2) = (&source, &target, sql.clone());
-                    s.spawn(move || source.psql("app", &sql));
-                    s.spawn(move || target.psql("native", &sql2));
-                }
-            });
-            started.elapsed().as_secs_f64()
-        })
-        .collect();
+    // Switchyard's one-shot pass over its target (its pipeline stopped, the source idle): the
+    // checksum pass's wall time, and the whole command's with its integrity checks.
+    let switchyard_pass = || {
+        let started = Instant::now();
+        let verify = Command::new(&switchyard)
+            .args(["verify", "--json"])
+            .arg(&pipeline)
+            .env("SOURCE_URL", source.url("app"))
+            .env("TARGET_URL", target.url("switchyard"))
+            .env("SWITCHYARD_LOG", pipeline_log())
+            .output()
+            .unwrap();
+        let total = started.elapsed().as_secs_f64();
+        // Its log, when asked for (BENCH_SWITCHYARD_LOG): where a pass's time went.
+        if std::env::var_os("BENCH_SWITCHYARD_LOG").is_some() {
+            eprint!("{}", String::from_utf8_lossy(&verify.stderr));
+        }
+        assert!(verify.status.success(), "verify found differences: {}", String::from_utf8_lossy(&verify.stdout));
+        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+        (report["checksum_seconds"].as_f64().unwrap(), total)
+    };
+    // pgcopydb's query over native's copy of the same rows: every table at once, source and
+    // target concurrently.
+    let peer_pass = || {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for (table, columns) in tables {
+                let sql = checksum(table, columns);
+                let (source, target, sql2) = (&source, &target, sql.clone());
+                s.spawn(move || source.psql("app", &sql));
+                s.spawn(move || target.psql("native", &sql2));
+            }
+        });
+        started.elapsed().as_secs_f64()
+    };
+    // Autovacuum would visit the freshly copied tables at some moment of the passes and weigh
+    // on whichever tool ran then; vacuumed now, it weighs on neither. One untimed pass each
+    // first, so neither finds its tables colder than the other's (the copies ran in between).
+    // Then the passes alternate which tool goes first, so the host's drift falls on both; the
+    // median of each counts.
+    target.psql("switchyard", "VACUUM ANALYZE");
+    target.psql("native", "VACUUM ANALYZE");
+    copies::settle(&source, &target);
+    switchyard_pass();
+    peer_pass();
+    let (mut passes, mut peer_passes) = (Vec::new(), Vec::new());
+    for pass in 0..VERIFY_PASSES {
+        if pass % 2 == 1 {
+            peer_passes.push(peer_pass());
+        }
+        passes.push(switchyard_pass());
+        if pass % 2 == 0 {
+            peer_passes.push(peer_pass());
+        }
+    }
+    record("verify", "switchyard", median(passes.iter().map(|p| p.0).collect()));
+    record("verify+integrity", "switchyard", median(passes.iter().map(|p| p.1).collect()));
     record("verify", "pgcopydb_compare_query", median(peer_passes));
 
     // The change stream: catch-up and lag, on the tenantize pipeline (verification off, as the
