@@ -50,6 +50,28 @@ fn tenantize_copies_and_follows_under_load() {
     drop(process);
 }
 
+/// Both databases reached through their Unix sockets (the socket directory as the URL's
+/// percent-encoded host), replication connection included: copied, then followed.
+#[test]
+fn copies_and_follows_through_unix_sockets() {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 200, 5);
+    let pipeline = pair.pipeline("tenantize", TENANTIZE);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let text = text.replace(&pair.source.url("app"), &pair.source.socket_url("app")).replace(&pair.target.url("app"), &pair.target.socket_url("app"));
+    assert!(text.contains("@%2F") && !text.contains("127.0.0.1"), "{text}");
+    std::fs::write(&pipeline, text).unwrap();
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    pair.source.psql("app", "UPDATE users SET name = 'over the socket' WHERE id = 3; DELETE FROM orders WHERE id = 4;");
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    assert_tenantized_equal(&pair);
+    let socket_clients = pair.source.psql("app", "SELECT count(*) FROM pg_stat_replication WHERE client_port = -1");
+    assert_eq!(socket_clients, "1", "the walsender's client is not on the Unix socket");
+    assert!(process.stop().success());
+}
+
 /// TRUNCATE of several tables in one statement empties only this tenant's rows on the target.
 #[test]
 fn truncate_and_key_updates_apply() {

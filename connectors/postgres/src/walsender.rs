@@ -11,6 +11,7 @@
 //! XLogData payloads are slices of that buffer, never copies.
 
 mod pacing;
+mod unix_drain;
 mod protocol;
 
 use std::io;
@@ -396,7 +397,8 @@ impl Endpoint {
         let (address, tls_name, port) = match self {
             Endpoint::Unix { socket } => {
                 let stream = UnixStream::connect(socket).await.map_err(|err| io_error(&self.describe(), err))?;
-                return Ok((Box::new(stream), None));
+                let drained = unix_drain::DrainedUnixStream::new(stream).map_err(|err| io_error(&self.describe(), err))?;
+                return Ok((Box::new(drained), None));
             }
             Endpoint::Tcp { address, tls_name, port } => (address, tls_name, *port),
         };

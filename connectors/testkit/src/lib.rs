@@ -232,16 +232,22 @@ impl PgCluster {
     /// clusters: libpq's default (`prefer`) works, other clients must be told
     /// to use TLS.
     pub fn url(&self, database: &str) -> String {
+        self.url_at("127.0.0.1", database)
+    }
+
+    /// The same as `url`, through the cluster's Unix socket: the socket directory is the
+    /// percent-encoded host, as libpq and tokio-postgres read it.
+    pub fn socket_url(&self, database: &str) -> String {
+        self.url_at(&percent_encode(&self.socket_dir.display().to_string()), database)
+    }
+
+    fn url_at(&self, host: &str, database: &str) -> String {
         let user = if self.password_auth {
             format!("postgres:{}", Self::PASSWORD)
         } else {
             "postgres".to_string()
         };
-        format!(
-            "postgres://{user}@127.0.0.1:{}/{}",
-            self.port,
-            percent_encode(database)
-        )
+        format!("postgres://{user}@{host}:{}/{}", self.port, percent_encode(database))
     }
 
     /// `CREATE DATABASE "name"`; panics on failure.

@@ -19,7 +19,8 @@ const PATIENCE: Duration = Duration::from_millis(2);
 
 pub(super) struct ReadPacing {
     /// The TCP socket under the stream (TLS or not), owned by the stream beside this value;
-    /// None for a Unix socket (whose readiness ignores a low-water mark) or once setting it failed.
+    /// None for a Unix socket (whose readiness ignores a low-water mark; unix_drain.rs reads it)
+    /// or once setting it failed.
     socket: Option<RawFd>,
     low_water: usize,
     last_read: usize,
