@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
 
-use crate::{kill, pipeline_log, session};
+use crate::{kill, pipeline_log, session, Transport};
 
 pub struct Copies<'a> {
     pub source: &'a PgCluster,
     pub target: &'a PgCluster,
+    pub transport: Transport,
     pub switchyard: &'a Path,
     pub dir: &'a Path,
     /// Copy streams, the tenantize pipeline's `[snapshot] parallel`: the peers get as many.
@@ -121,7 +122,7 @@ impl Copies<'_> {
         let text = std::fs::read_to_string(template).unwrap();
         assert!(text.contains("name = \"tenantize\""), "the tenantize pipeline file names its pipeline");
         std::fs::write(&pipeline, text.replace("name = \"tenantize\"", &format!("name = \"{name}\""))).unwrap();
-        let env = [("SOURCE_URL", self.source.url("app")), ("TARGET_URL", self.target.url(&name))];
+        let env = [("SOURCE_URL", self.transport.url(self.source, "app")), ("TARGET_URL", self.transport.url(self.target, &name))];
         settle(self.source, self.target);
         let (seconds, run) = switchyard_copy(self.switchyard, &pipeline, &env, self.target, &name, |_| {});
         self.stop_and_drop(run, &pipeline, &env, &name);
@@ -136,8 +137,8 @@ impl Copies<'_> {
             format!(
                 "[pipeline]\nname = \"{name}\"\n[source]\ntype = \"postgres\"\nurl = \"{}\"\ntables = [\"users\", \"orders\"]\n\
                  [target]\ntype = \"postgres\"\nurl = \"{}\"\n[verify]\ncontinuous = false\n",
-                self.source.url("app"),
-                self.target.url(name)
+                self.transport.url(self.source, "app"),
+                self.transport.url(self.target, name)
             ),
         )
         .unwrap();
@@ -161,7 +162,7 @@ impl Copies<'_> {
         let status = Command::new("pgcopydb")
             .args(["clone", "--table-jobs", &jobs, "--index-jobs", &jobs, "--no-owner", "--no-acl", "--skip-extensions", "--dir"])
             .arg(&work)
-            .args(["--source", &self.source.url("app"), "--target", &self.target.url(database)])
+            .args(["--source", &self.transport.url(self.source, "app"), "--target", &self.transport.url(self.target, database)])
             .env("PATH", format!("{}:{}", self.source.bin("psql").parent().unwrap().display(), std::env::var("PATH").unwrap_or_default()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -188,8 +189,8 @@ impl Copies<'_> {
         self.target.psql(
             database,
             &format!(
-                "CREATE SUBSCRIPTION {subscription} CONNECTION 'host=127.0.0.1 port={} dbname=app user=postgres' PUBLICATION bench_native WITH (copy_data = true);",
-                self.source.port()
+                "CREATE SUBSCRIPTION {subscription} CONNECTION '{}' PUBLICATION bench_native WITH (copy_data = true);",
+                self.transport.conninfo(self.source, "app")
             ),
         );
         let mut session = session::Session::open(self.target, database);
@@ -215,10 +216,10 @@ impl Copies<'_> {
         let shell = format!(
             "{} -Fc -h {} -p {} -U postgres app | {} --no-owner -h {} -p {} -U postgres -d {database}",
             self.source.bin("pg_dump").display(),
-            self.source.socket_dir().display(),
+            self.transport.host(self.source),
             self.source.port(),
             self.source.bin("pg_restore").display(),
-            self.target.socket_dir().display(),
+            self.transport.host(self.target),
             self.target.port()
         );
         assert!(Command::new("bash").args(["-c", &shell]).status().unwrap().success(), "pg_dump | pg_restore failed");
@@ -254,7 +255,7 @@ impl Copies<'_> {
             }
             settle(self.source, self.target);
             let started = Instant::now();
-            bare_copy_streams(self.source, self.target, database, copies, self.jobs);
+            bare_copy_streams(self.transport, self.source, self.target, database, copies, self.jobs);
             std::thread::scope(|scope| {
                 for (table, index, definition) in set_aside {
                     let target = self.target;
@@ -290,10 +291,10 @@ fn stop(mut run: Child) {
 
 /// `copy_out` on the source's app database piped by two psql processes into `copy_in` on the
 /// target's `database`, applied as a replica (as every tool here applies).
-fn bare_copy(source: &PgCluster, target: &PgCluster, database: &str, copy_out: &str, copy_in: &str) {
+fn bare_copy(transport: Transport, source: &PgCluster, target: &PgCluster, database: &str, copy_out: &str, copy_in: &str) {
     let psql = |cluster: &PgCluster, database: &str| {
         let mut command = Command::new(cluster.bin("psql"));
-        command.args(["-X", "-q", "-h", &cluster.socket_dir().display().to_string(), "-p", &cluster.port().to_string()]);
+        command.args(["-X", "-q", "-h", &transport.host(cluster), "-p", &cluster.port().to_string()]);
         command.args(["-U", "postgres", "-d", database]);
         command
     };
@@ -309,13 +310,13 @@ fn bare_copy(source: &PgCluster, target: &PgCluster, database: &str, copy_out: &
 }
 
 /// `copies` run by `parallel` streams at once, each taking the next copy when it is done.
-fn bare_copy_streams(source: &PgCluster, target: &PgCluster, database: &str, copies: &[(String, String)], parallel: usize) {
+fn bare_copy_streams(transport: Transport, source: &PgCluster, target: &PgCluster, database: &str, copies: &[(String, String)], parallel: usize) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..parallel {
             scope.spawn(|| {
                 while let Some((out, into)) = copies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                    bare_copy(source, target, database, out, into);
+                    bare_copy(transport, source, target, database, out, into);
                 }
             });
         }

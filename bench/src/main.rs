@@ -24,6 +24,46 @@ use std::time::{Duration, Instant};
 
 use switchyard_testkit::PgCluster;
 
+/// How every tool reaches the clusters: all of them the same way in one run.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Transport {
+    /// The clusters' Unix sockets: on one machine, a walsender's sends and polls cost it
+    /// about half of what they cost over TCP, which would otherwise take CPU from the apply
+    /// that a source on its own host would not.
+    Socket,
+    /// Loopback TCP, as a source on another host is reached.
+    Tcp,
+}
+
+impl Transport {
+    pub fn url(self, cluster: &PgCluster, database: &str) -> String {
+        match self {
+            Transport::Socket => cluster.socket_url(database),
+            Transport::Tcp => cluster.url(database),
+        }
+    }
+
+    /// The host for libpq's `-h` and key-value connection strings.
+    pub fn host(self, cluster: &PgCluster) -> String {
+        match self {
+            Transport::Socket => cluster.socket_dir().display().to_string(),
+            Transport::Tcp => "127.0.0.1".into(),
+        }
+    }
+
+    /// libpq's key-value form, as a subscription's CONNECTION takes it.
+    pub fn conninfo(self, cluster: &PgCluster, database: &str) -> String {
+        format!("host={} port={} dbname={database} user=postgres", self.host(cluster), cluster.port())
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Socket => "unix_socket",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
 pub struct Figure {
     figure: String,
     tool: &'static str,
@@ -115,6 +155,15 @@ struct Args {
     /// in turn, and the median of its rounds counts (one catch-up's time varies by a fifth here).
     #[arg(long, default_value_t = 3, value_name = "N")]
     catch_up_rounds: usize,
+    /// How every tool connects to the clusters (Switchyard, the peers, pg_recvlogical, the
+    /// bare COPYs): TCP, as a source on another host is reached.
+    #[arg(long, value_enum, default_value = "tcp")]
+    transport: Transport,
+    /// The catch-up rounds again with every tool over these transports too (figure
+    /// `catch_up_<transport>`): on one machine the walsender's cost, and the pg_recvlogical
+    /// ceiling, depend on it. Empty leaves them out.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "socket", value_name = "TRANSPORT,...")]
+    catch_up_also_over: Vec<Transport>,
     /// The Switchyard binary to measure (to compare two builds, run each in turn).
     #[arg(long, value_name = "PATH")]
     switchyard: Option<PathBuf>,
@@ -130,7 +179,7 @@ struct Args {
 }
 
 fn main() {
-    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, catch_up_rounds, switchyard, profile, timeline } = clap::Parser::parse();
+    let Args { scale, lag_seconds, rates, lanes, skip_peers, skip_stream, copy_rounds, catch_up_rounds, transport, catch_up_also_over, switchyard, profile, timeline } = clap::Parser::parse();
     let switchyard = switchyard.unwrap_or_else(release_binary);
     // Commits flushed at once, as in production: lag is then the pipeline's, not the WAL writer's.
     // Shared buffers sized as a production server's would be, to hold the working set (the
@@ -189,7 +238,7 @@ fn main() {
     // Under --profile, the backends that served the copy, seen while they lived.
     let mut copy_backends =
         recording.as_ref().map(|_| (session::Session::open(&source, "app"), session::Session::open(&target, "switchyard"), BTreeSet::new(), BTreeSet::new()));
-    let env = [("SOURCE_URL", source.url("app")), ("TARGET_URL", target.url("switchyard"))];
+    let env = [("SOURCE_URL", transport.url(&source, "app")), ("TARGET_URL", transport.url(&target, "switchyard"))];
     let (seconds, mut run) = copies::switchyard_copy(&switchyard, &pipeline, &env, &target, "switchyard", |run| {
         peak_rss = peak_rss.max(rss_mib(run.id()));
         if let Some((source_session, target_session, on_source, on_target)) = &mut copy_backends {
@@ -212,8 +261,8 @@ fn main() {
         let out = Command::new(&switchyard)
             .args(["status", "--json"])
             .arg(&pipeline)
-            .env("SOURCE_URL", source.url("app"))
-            .env("TARGET_URL", target.url("switchyard"))
+            .env("SOURCE_URL", transport.url(&source, "app"))
+            .env("TARGET_URL", transport.url(&target, "switchyard"))
             .output()
             .unwrap();
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["verification"].clone()
@@ -250,7 +299,7 @@ fn main() {
     run.wait().unwrap();
 
     // The peers' copies, then more rounds of every copy: the median of each tool's counts.
-    let copier = copies::Copies { source: &source, target: &target, switchyard: &switchyard, dir: &dir, jobs, skip_peers };
+    let copier = copies::Copies { source: &source, target: &target, transport, switchyard: &switchyard, dir: &dir, jobs, skip_peers };
     let plain_pipeline = copier.round(0, &mut samples);
     for round in 1..copy_rounds.max(1) {
         samples.push("switchyard", round, copier.tenantize_again(round, &pipeline));
@@ -279,8 +328,8 @@ fn main() {
         let verify = Command::new(&switchyard)
             .args(["verify", "--json"])
             .arg(&pipeline)
-            .env("SOURCE_URL", source.url("app"))
-            .env("TARGET_URL", target.url("switchyard"))
+            .env("SOURCE_URL", transport.url(&source, "app"))
+            .env("TARGET_URL", transport.url(&target, "switchyard"))
             .env("SWITCHYARD_LOG", pipeline_log())
             .output()
             .unwrap();
@@ -335,12 +384,12 @@ fn main() {
     // peers do none) and the native subscription, both left in place above.
     let streaming = dir.join("streaming.toml");
     std::fs::write(&streaming, std::fs::read_to_string(&pipeline).unwrap().replace("continuous = true", "continuous = false")).unwrap();
-    let stream = stream::Stream {
+    let mut stream = stream::Stream {
         source: &source,
         target: &target,
+        transport,
         switchyard: &switchyard,
         pipeline: streaming,
-        target_url: target.url("switchyard"),
         dir: &dir,
         users,
         orders,
@@ -349,8 +398,15 @@ fn main() {
         timeline,
     };
     if !skip_stream {
-        let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round)).collect();
-        stream::catch_up_medians(&mut figures, &rounds);
+        let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round, true)).collect();
+        stream::catch_up_medians(&mut figures, "catch_up", &rounds);
+        for other in catch_up_also_over.iter().filter(|t| **t != transport) {
+            stream.switch_transport(*other);
+            // The plain pipeline's file names the run's transport: left out here.
+            let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round, false)).collect();
+            stream::catch_up_medians(&mut figures, &format!("catch_up_{}", other.name()), &rounds);
+        }
+        stream.switch_transport(transport);
         if lanes > 1 {
             stream.catch_up_lanes(&mut figures, scale * 100_000, lanes);
         }
@@ -416,6 +472,8 @@ fn targets(figures: &[Figure]) -> Vec<(String, f64, &'static str)> {
         ("catch-up: switchyard ÷ native".into(), ratio("catch_up", "switchyard", "native"), "≥ 2"),
         ("catch-up: switchyard ÷ pg_recvlogical".into(), ratio("catch_up", "switchyard", "pg_recvlogical"), "≥ 0.7"),
         ("  same tables: switchyard_plain ÷ native".into(), ratio("catch_up", "switchyard_plain", "native"), ""),
+        ("  over Unix sockets: switchyard ÷ native".into(), ratio("catch_up_unix_socket", "switchyard", "native"), ""),
+        ("  over Unix sockets: switchyard ÷ pg_recvlogical".into(), ratio("catch_up_unix_socket", "switchyard", "pg_recvlogical"), ""),
         ("verify: switchyard ÷ pgcopydb's query".into(), ratio("verify", "switchyard", "pgcopydb_compare_query"), "≥ 2"),
         ("lag p99 at 1000 tx/s, ms".into(), value("lag_p99@1000tx/s", "switchyard"), "≤ 20"),
         ("lag max at 2000 tx/s, ms".into(), value("lag_max@2000tx/s", "switchyard"), "bounded"),

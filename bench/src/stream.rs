@@ -11,7 +11,7 @@ use switchyard_testkit::PgCluster;
 use crate::profile;
 use crate::session::Session;
 use crate::timeline::Timeline;
-use crate::{kill, median, rss_mib, Figure};
+use crate::{kill, median, rss_mib, Figure, Transport};
 
 /// The seed's write mix, ~10 statements per transaction: 40% order inserts, 40% order updates,
 /// 10% user inserts, 10% order deletes.
@@ -56,10 +56,10 @@ pub struct Stream<'a> {
     pub source: &'a PgCluster,
     /// Holds the native subscription `bench_native` (database `native`), disabled.
     pub target: &'a PgCluster,
+    pub transport: Transport,
     pub switchyard: &'a Path,
     /// The tenantize pipeline (already copied, stopped), with continuous verification off.
     pub pipeline: PathBuf,
-    pub target_url: String,
     pub dir: &'a Path,
     pub users: u64,
     pub orders: u64,
@@ -73,6 +73,12 @@ pub struct Stream<'a> {
 }
 
 impl Stream<'_> {
+    /// Every tool of the stream figures reaches the clusters over `transport` from now on.
+    pub fn switch_transport(&mut self, transport: Transport) {
+        self.transport = transport;
+        self.target.psql("native", &format!("ALTER SUBSCRIPTION bench_native CONNECTION '{}'", transport.conninfo(self.source, "app")));
+    }
+
     fn start_switchyard(&self) -> Child {
         self.start_switchyard_with(&self.pipeline)
     }
@@ -81,8 +87,8 @@ impl Stream<'_> {
         Command::new(self.switchyard)
             .args(["run"])
             .arg(pipeline)
-            .env("SOURCE_URL", self.source.url("app"))
-            .env("TARGET_URL", &self.target_url)
+            .env("SOURCE_URL", self.transport.url(self.source, "app"))
+            .env("TARGET_URL", self.transport.url(self.target, "switchyard"))
             .env("SWITCHYARD_LOG", crate::pipeline_log())
             .stdout(Stdio::null())
             .spawn()
@@ -149,7 +155,7 @@ impl Stream<'_> {
     /// One round of the catch-up: a backlog made while every consumer is stopped, then each
     /// consumer alone on it; each tool's seconds. Rounds alternate which of Switchyard and
     /// native goes first, so neither always meets the page cache as the other left it.
-    pub fn catch_up_round(&self, transactions: u64, round: usize) -> CatchUpRound {
+    pub fn catch_up_round(&self, transactions: u64, round: usize, with_plain: bool) -> CatchUpRound {
         let source = self.source;
         source.psql("app", "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')");
         let (changes, goal) = self.backlog(transactions);
@@ -161,14 +167,14 @@ impl Stream<'_> {
         }
         let (tenantize, peak_rss) = self.switchyard_catch_up("catch_up", ("switchyard", "switchyard_tenantize"), &self.pipeline, &goal);
         seconds.push(("switchyard", tenantize));
-        if let Some(plain) = &self.plain {
+        if let Some(plain) = self.plain.as_ref().filter(|_| with_plain) {
             seconds.push(("switchyard_plain", self.switchyard_catch_up("catch_up", ("switchyard_plain", "switchyard_plain"), plain, &goal).0));
         }
 
         // The ceiling: the walsender decoding the same backlog for a client that only reads it.
         let started = Instant::now();
         let status = Command::new(source.bin("pg_recvlogical"))
-            .args(["-d", &source.url("app"), "--slot", "bench_recv", "--start", "--endpos", &goal, "-f", "/dev/null"])
+            .args(["-d", &self.transport.url(source, "app"), "--slot", "bench_recv", "--start", "--endpos", &goal, "-f", "/dev/null"])
             .args(["-o", "proto_version=1", "-o", "publication_names=bench_native", "--no-loop"])
             .status()
             .unwrap();
@@ -410,18 +416,18 @@ pub struct CatchUpRound {
 
 /// Each tool's median rate over the rounds (a single catch-up's time varies by a fifth from one
 /// try to the next on this machine), and the highest peak RSS.
-pub fn catch_up_medians(figures: &mut Vec<Figure>, rounds: &[CatchUpRound]) {
+pub fn catch_up_medians(figures: &mut Vec<Figure>, figure: &str, rounds: &[CatchUpRound]) {
     let Some(first) = rounds.first() else { return };
     for (tool, _) in &first.seconds {
         // (changes, seconds) of each round this tool ran in.
         let tries: Vec<(f64, f64)> = rounds.iter().filter_map(|r| r.seconds.iter().find(|(t, _)| t == tool).map(|(_, s)| (r.changes, *s))).collect();
         let seconds = median(tries.iter().map(|(_, s)| *s).collect());
         let rate = median(tries.iter().map(|(changes, s)| changes / s).collect());
-        println!("figure=catch_up tool={tool} rounds={} median_seconds={seconds:.3} changes/s={rate:.0}", tries.len());
-        figures.push(Figure { figure: "catch_up".into(), tool, value: rate, unit: "changes/s" });
+        println!("figure={figure} tool={tool} rounds={} median_seconds={seconds:.3} changes/s={rate:.0}", tries.len());
+        figures.push(Figure { figure: figure.into(), tool, value: rate, unit: "changes/s" });
     }
     let peak = rounds.iter().map(|r| r.peak_rss).max().unwrap_or(0);
-    figures.push(Figure { figure: "peak_rss_catch_up".into(), tool: "switchyard", value: peak as f64, unit: "MiB" });
+    figures.push(Figure { figure: format!("peak_rss_{figure}"), tool: "switchyard", value: peak as f64, unit: "MiB" });
 }
 
 /// The processes that move a tool's changes: its walsender on the source, whatever applies on
