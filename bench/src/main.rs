@@ -161,8 +161,8 @@ struct Args {
     transport: Transport,
     /// The catch-up rounds again with every tool over these transports too (figure
     /// `catch_up_<transport>`): on one machine the walsender's cost, and the pg_recvlogical
-    /// ceiling, depend on it. Empty leaves them out.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "socket", value_name = "TRANSPORT,...")]
+    /// ceiling, depend on it. The flag with no value leaves them out.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "socket", value_name = "TRANSPORT,...")]
     catch_up_also_over: Vec<Transport>,
     /// The Switchyard binary to measure (to compare two builds, run each in turn).
     #[arg(long, value_name = "PATH")]
