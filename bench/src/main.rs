@@ -27,9 +27,8 @@ use switchyard_testkit::PgCluster;
 /// How every tool reaches the clusters: all of them the same way in one run.
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 pub enum Transport {
-    /// The clusters' Unix sockets: on one machine, a walsender's sends and polls cost it
-    /// about half of what they cost over TCP, which would otherwise take CPU from the apply
-    /// that a source on its own host would not.
+    /// The clusters' Unix sockets: on one machine, what the walsender's sends cost (on the
+    /// cores the apply needs too) depends on the transport.
     Socket,
     /// Loopback TCP, as a source on another host is reached.
     Tcp,
@@ -398,15 +397,17 @@ fn main() {
         timeline,
     };
     if !skip_stream {
-        let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round, true)).collect();
-        stream::catch_up_medians(&mut figures, "catch_up", &rounds);
+        let mut catch_up = |stream: &stream::Stream, figure: &str, with_plain: bool| {
+            let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round, with_plain)).collect();
+            stream::catch_up_medians(&mut figures, figure, &rounds);
+        };
+        catch_up(&stream, "catch_up", true);
         for other in catch_up_also_over.iter().filter(|t| **t != transport) {
             stream.switch_transport(*other);
             // The plain pipeline's file names the run's transport: left out here.
-            let rounds: Vec<_> = (0..catch_up_rounds.max(1)).map(|round| stream.catch_up_round(scale * 100_000, round, false)).collect();
-            stream::catch_up_medians(&mut figures, &format!("catch_up_{}", other.name()), &rounds);
+            catch_up(&stream, &format!("catch_up_{}", other.name()), false);
+            stream.switch_transport(transport);
         }
-        stream.switch_transport(transport);
         if lanes > 1 {
             stream.catch_up_lanes(&mut figures, scale * 100_000, lanes);
         }
