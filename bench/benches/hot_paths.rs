@@ -9,6 +9,7 @@
 //!   appended to each row, as text and in the binary format (one server message per row);
 //! - `grouping`: the sink's pure step, grouping a shaped batch's changes into statements, and
 //!   putting a statement's rows in the target key's order (`in_key_order`);
+//! - `apply`: an update statement's parameters, built and encoded as they go to the server;
 //! - `digest`: the canonical row encoding, row hashes, chunk digests and `compare_rows`.
 //!
 //! Run: `cargo bench -p switchyard-bench --bench hot_paths` (criterion options after `--`, e.g.
@@ -26,10 +27,11 @@ use switchyard::reconcile::compare_rows;
 use switchyard_core::digest::{encode_row, row_hash, ChunkDigest};
 use switchyard_core::{Change, TableSchema, Value};
 use switchyard_postgres::{copy_binary, copy_text};
-use switchyard_postgres::apply_sql::{in_key_order, plan_for, ApplyPlan};
+use switchyard_postgres::apply_sql::{in_key_order, params, plan_for, statement, ApplyPlan};
 use switchyard_postgres::catalog::TableInfo;
-use switchyard_postgres::grouping::{self, Ties};
+use switchyard_postgres::grouping::{self, Kind, Ties};
 use switchyard_postgres::pgoutput::{decode, Message};
+use tokio_postgres::types::{ToSql, Type};
 
 use common::*;
 
@@ -183,6 +185,28 @@ fn grouping_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// An update statement's parameters for a run of orders updates, built and encoded as they go
+/// to the server (one `text[]` per carried column, the tenant id one scalar).
+fn apply_params_bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply");
+    let orders = shaped_change_batch();
+    let plan = multi_tenant_plan(orders[0].table().expect("a row change"));
+    let updates: Vec<&Change> = orders.iter().filter(|c| matches!(c, Change::Update { .. })).collect();
+    assert_eq!(updates.len(), ROWS / 5, "a fifth of the batch updates");
+    group.throughput(Throughput::Elements(updates.len() as u64));
+    let (_, sources) = statement(&plan, Kind::Update, &updates);
+    group.bench_function("update_params_2k", |b| {
+        b.iter(|| {
+            let mut wire = BytesMut::new();
+            for param in params(&plan, &sources, black_box(&updates)) {
+                param.to_sql_checked(&Type::TEXT_ARRAY, &mut wire).expect("encodes");
+            }
+            wire
+        })
+    });
+    group.finish();
+}
+
 /// The shaped orders' apply plan on the multi-tenant target, whose key is (tenant_id, id).
 fn multi_tenant_plan(shaped: &TableSchema) -> ApplyPlan {
     let mut schema = shaped.clone();
@@ -246,5 +270,5 @@ fn digest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pgoutput, transform, copy_text_bench, pass_through_bench, grouping_bench, digest);
+criterion_group!(benches, pgoutput, transform, copy_text_bench, pass_through_bench, grouping_bench, apply_params_bench, digest);
 criterion_main!(benches);

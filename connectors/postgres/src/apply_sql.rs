@@ -5,7 +5,7 @@
 //! per row. A large run of inserts becomes a COPY instead, its values in COPY's text form, read
 //! by the same input functions.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use switchyard_core::{Change, ConnectorError, TableId, TableSchema, Value};
 use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 
@@ -39,7 +39,7 @@ impl ApplyPlan {
 /// The statement for a run of `kind` changes like the first of `changes` (an update's
 /// statement sets the columns its change carries), and where each of its parameters takes its
 /// values from.
-pub(crate) fn statement(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) -> (String, Vec<ParamSource>) {
+pub fn statement(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) -> (String, Vec<ParamSource>) {
     let first = changes[0];
     match kind {
         RunKind::Insert => insert_sql(plan),
@@ -78,9 +78,13 @@ pub(crate) fn copy_sql(plan: &ApplyPlan) -> String {
 /// The rows of inserts as COPY text data, in the plan's columns (see [`copy_sql`]).
 pub(crate) fn copy_data(changes: &[&Change]) -> Bytes {
     let mut data = BytesMut::new();
-    for change in changes {
+    for (n, change) in changes.iter().enumerate() {
         if let Change::Insert { row, .. } = change {
             copy_text::write_line(row, &mut data);
+        }
+        if n == 0 {
+            // Room for all, judged by the first line, rather than growing by copies.
+            data.reserve(data.len() * changes.len() * 9 / 8);
         }
     }
     data.freeze()
@@ -88,7 +92,7 @@ pub(crate) fn copy_data(changes: &[&Change]) -> Bytes {
 
 /// The statement's parameters for `changes`: an array per parameter with one element per
 /// change, or for a shared key value, that one value.
-pub(crate) fn params(plan: &ApplyPlan, sources: &[ParamSource], changes: &[&Change]) -> Vec<RunParam> {
+pub fn params(plan: &ApplyPlan, sources: &[ParamSource], changes: &[&Change]) -> Vec<RunParam> {
     let mut params: Vec<RunParam> = sources
         .iter()
         .map(|source| match source {
@@ -163,7 +167,7 @@ fn present_columns(change: &Change) -> Vec<bool> {
 
 /// Where a statement parameter takes its values from.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum ParamSource {
+pub enum ParamSource {
     /// A column of the change's row.
     Column(usize),
     /// The n-th column of the row's key as it was before the change.
@@ -321,6 +325,15 @@ pub fn in_key_order(plan: &ApplyPlan, changes: &mut [&Change]) {
     if varying.is_empty() {
         return;
     }
+    if let [n] = varying[..] {
+        // One column varies (an id beside the tenant id): sorting (key, position) pairs
+        // compares them where they lie, with no lookup per comparison.
+        let mut keyed: Vec<(KeyOrder, usize)> = changes.iter().enumerate().map(|(i, change)| (key_order(change, n, plan), i)).collect();
+        keyed.sort_unstable();
+        let sorted: Vec<&Change> = keyed.iter().map(|&(_, i)| changes[i]).collect();
+        changes.copy_from_slice(&sorted);
+        return;
+    }
     let width = varying.len();
     let keys: Vec<KeyOrder> = changes.iter().flat_map(|change| varying.iter().map(move |&n| key_order(change, n, plan))).collect();
     let key_of = |i: usize| &keys[i * width..(i + 1) * width];
@@ -346,44 +359,74 @@ fn integer_key(plan: &ApplyPlan, n: usize) -> bool {
 /// How the `n`-th key value of `change` orders (see [`KeyOrder`]).
 fn key_order<'a>(change: &'a Change, n: usize, plan: &ApplyPlan) -> KeyOrder<'a> {
     let value = key_value(change, n, plan);
-    let number = value.filter(|_| integer_key(plan, n)).and_then(|text| std::str::from_utf8(text).ok()?.parse().ok());
+    let number = value.filter(|_| integer_key(plan, n)).and_then(parse_integer);
     number.map_or(KeyOrder::Text(value), KeyOrder::Number)
 }
 
-/// A `text[]` parameter built from borrowed-free owned bytes, encoded in the binary array format.
+/// An integer's text as the server writes it (an optional `-`, then digits); `None` for
+/// anything else or out of range.
+fn parse_integer(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    // Accumulated negative, so i64::MIN parses too.
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_sub(i64::from(digit - b'0'))?;
+    }
+    if negative { Some(value) } else { value.checked_neg() }
+}
+
+/// A `text[]` parameter, its elements written once, as they go on the wire (the binary array
+/// format: each element's length, then its bytes; -1 for NULL), so sending it is one copy.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct TextArray {
-    data: BytesMut,
-    /// Offsets into `data` per element; `None` is NULL.
-    elements: Vec<Option<(usize, usize)>>,
+pub struct TextArray {
+    elements: BytesMut,
+    len: i32,
+    has_nulls: bool,
 }
 
 impl TextArray {
     fn push(&mut self, value: Option<&[u8]>) {
-        self.elements.push(value.map(|bytes| {
-            let start = self.data.len();
-            self.data.extend_from_slice(bytes);
-            (start, self.data.len())
-        }));
+        match value {
+            Some(bytes) => {
+                self.elements.put_i32(bytes.len() as i32);
+                self.elements.extend_from_slice(bytes);
+            }
+            None => {
+                self.elements.put_i32(-1);
+                self.has_nulls = true;
+            }
+        }
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
 impl ToSql for TextArray {
     fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        let dimension = postgres_protocol::types::ArrayDimension { len: self.elements.len() as i32, lower_bound: 1 };
-        postgres_protocol::types::array_to_sql(
-            Some(dimension),
-            Type::TEXT.oid(),
-            self.elements.iter(),
-            |element, buf| match element {
-                Some((start, end)) => {
-                    buf.extend_from_slice(&self.data[*start..*end]);
-                    Ok(postgres_protocol::IsNull::No)
-                }
-                None => Ok(postgres_protocol::IsNull::Yes),
-            },
-            out,
-        )?;
+        // One dimension of `len` elements from index 1, as `array_recv` reads it.
+        out.reserve(20 + self.elements.len());
+        out.put_i32(1);
+        out.put_i32(i32::from(self.has_nulls));
+        out.put_u32(Type::TEXT.oid());
+        out.put_i32(self.len);
+        out.put_i32(1);
+        out.extend_from_slice(&self.elements);
         Ok(IsNull::No)
     }
 
@@ -397,7 +440,7 @@ impl ToSql for TextArray {
 /// A statement parameter: a `text[]` with an element per change, or one value in its text form,
 /// sent in the text format so the target reads it by the parameter's own type.
 #[derive(Debug)]
-pub(crate) enum RunParam {
+pub enum RunParam {
     Array(TextArray),
     Scalar(Option<Bytes>),
 }
@@ -531,7 +574,7 @@ pub(crate) mod tests {
         assert!(sql.ends_with("USING unnest($2::text[]) AS u(p2) WHERE t.\"tenant_id\" = $1::uuid AND t.\"id\" = u.p2::bigint"), "{sql}");
         let values = params(&plan, &sources, &runs);
         assert!(matches!(&values[0], RunParam::Scalar(Some(t)) if &t[..] == b"t1"), "{values:?}");
-        assert!(matches!(&values[1], RunParam::Array(a) if a.elements.len() == 2), "{values:?}");
+        assert!(matches!(&values[1], RunParam::Array(a) if a.len() == 2), "{values:?}");
         assert!(matches!(values[0].encode_format(&Type::UUID), Format::Text));
         assert!(matches!(values[1].encode_format(&Type::TEXT_ARRAY), Format::Binary));
 
@@ -556,6 +599,48 @@ pub(crate) mod tests {
             sql.ends_with("SET \"status\" = u.p3::text FROM unnest($2::text[], $3::text[]) AS u(p2, p3) WHERE t.\"tenant_id\" = $1::uuid AND t.\"id\" = u.p2::bigint"),
             "{sql}"
         );
+    }
+
+    /// A `text[]` goes on the wire as `array_recv` reads it: the bytes postgres-protocol's
+    /// encoder writes, NULLs flagged.
+    #[test]
+    fn a_text_array_is_the_binary_array_format() {
+        for values in [vec![Some(&b"4"[..]), None, Some(&b""[..]), Some(&b"paid"[..])], vec![Some(&b"x"[..])], vec![]] {
+            let mut array = TextArray::default();
+            values.iter().for_each(|v| array.push(*v));
+            let mut ours = BytesMut::new();
+            array.to_sql(&Type::TEXT_ARRAY, &mut ours).unwrap();
+            let mut reference = BytesMut::new();
+            let dimension = postgres_protocol::types::ArrayDimension { len: values.len() as i32, lower_bound: 1 };
+            postgres_protocol::types::array_to_sql(
+                Some(dimension),
+                Type::TEXT.oid(),
+                values.iter(),
+                |value, buf| match value {
+                    Some(bytes) => {
+                        buf.extend_from_slice(bytes);
+                        Ok(postgres_protocol::IsNull::No)
+                    }
+                    None => Ok(postgres_protocol::IsNull::Yes),
+                },
+                &mut reference,
+            )
+            .unwrap();
+            assert_eq!(ours, reference, "{values:?}");
+        }
+    }
+
+    /// Integer keys sort by number from their text; anything else is not an integer.
+    #[test]
+    fn integer_keys_parse_from_their_text() {
+        for (text, number) in [("0", Some(0)), ("42", Some(42)), ("-7", Some(-7)), ("007", Some(7))] {
+            assert_eq!(parse_integer(text.as_bytes()), number, "{text}");
+        }
+        assert_eq!(parse_integer(i64::MAX.to_string().as_bytes()), Some(i64::MAX));
+        assert_eq!(parse_integer(i64::MIN.to_string().as_bytes()), Some(i64::MIN));
+        for text in ["", "-", "1.5", "9223372036854775808", "-9223372036854775809", "1e3", " 1", "abc"] {
+            assert_eq!(parse_integer(text.as_bytes()), None, "{text}");
+        }
     }
 
     fn text(value: Option<&[u8]>) -> &str {
