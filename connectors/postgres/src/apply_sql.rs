@@ -77,16 +77,17 @@ pub(crate) fn copy_sql(plan: &ApplyPlan) -> String {
 
 /// The rows of inserts as COPY text data, in the plan's columns (see [`copy_sql`]).
 pub(crate) fn copy_data(changes: &[&Change]) -> Bytes {
+    let mut rows = changes.iter().filter_map(|change| match change {
+        Change::Insert { row, .. } => Some(row),
+        _ => None,
+    });
     let mut data = BytesMut::new();
-    for (n, change) in changes.iter().enumerate() {
-        if let Change::Insert { row, .. } = change {
-            copy_text::write_line(row, &mut data);
-        }
-        if n == 0 {
-            // Room for all, judged by the first line, rather than growing by copies.
-            data.reserve(data.len() * changes.len() * 9 / 8);
-        }
+    if let Some(first) = rows.next() {
+        copy_text::write_line(first, &mut data);
+        // Room for all, judged by the first line, rather than growing by copies.
+        data.reserve(data.len() * changes.len() * 9 / 8);
     }
+    rows.for_each(|row| copy_text::write_line(row, &mut data));
     data.freeze()
 }
 
@@ -321,26 +322,30 @@ enum KeyOrder<'a> {
 /// every row (a tenant id attached by the pipeline) are left out of the comparison, and the
 /// keys are read once, into one allocation.
 pub fn in_key_order(plan: &ApplyPlan, changes: &mut [&Change]) {
-    let varying: Vec<usize> = (0..plan.key.len()).filter(|&n| !holds_one_value(plan, changes, n)).collect();
-    if varying.is_empty() {
-        return;
-    }
-    if let [n] = varying[..] {
-        // One column varies (an id beside the tenant id): sorting (key, position) pairs
-        // compares them where they lie, with no lookup per comparison.
-        let mut keyed: Vec<(KeyOrder, usize)> = changes.iter().enumerate().map(|(i, change)| (key_order(change, n, plan), i)).collect();
-        keyed.sort_unstable();
-        let sorted: Vec<&Change> = keyed.iter().map(|&(_, i)| changes[i]).collect();
-        changes.copy_from_slice(&sorted);
-        return;
-    }
-    let width = varying.len();
-    let keys: Vec<KeyOrder> = changes.iter().flat_map(|change| varying.iter().map(move |&n| key_order(change, n, plan))).collect();
-    let key_of = |i: usize| &keys[i * width..(i + 1) * width];
-    let mut order: Vec<usize> = (0..changes.len()).collect();
-    // Ties keep their order (the index breaks them), as a stable sort would.
-    order.sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)).then(a.cmp(&b)));
-    let sorted: Vec<&Change> = order.iter().map(|&i| changes[i]).collect();
+    // Per varying key column, whether it orders as an integer (decided once, not per change).
+    let varying: Vec<(usize, bool)> =
+        (0..plan.key.len()).filter(|&n| !holds_one_value(plan, changes, n)).map(|n| (n, integer_key(plan, n))).collect();
+    let sorted: Vec<&Change> = match varying[..] {
+        [] => return,
+        [(n, integer)] => {
+            // One column varies (an id beside the tenant id): sorting (key, position) pairs
+            // compares them where they lie, with no lookup per comparison.
+            let mut keyed: Vec<(KeyOrder, usize)> =
+                changes.iter().enumerate().map(|(i, change)| (key_order(change, n, integer, plan), i)).collect();
+            keyed.sort_unstable();
+            keyed.iter().map(|&(_, i)| changes[i]).collect()
+        }
+        _ => {
+            let width = varying.len();
+            let keys: Vec<KeyOrder> =
+                changes.iter().flat_map(|change| varying.iter().map(move |&(n, integer)| key_order(change, n, integer, plan))).collect();
+            let key_of = |i: usize| &keys[i * width..(i + 1) * width];
+            let mut order: Vec<usize> = (0..changes.len()).collect();
+            // Ties keep their order (the index breaks them), as a stable sort would.
+            order.sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)).then(a.cmp(&b)));
+            order.iter().map(|&i| changes[i]).collect()
+        }
+    };
     changes.copy_from_slice(&sorted);
 }
 
@@ -356,10 +361,11 @@ fn integer_key(plan: &ApplyPlan, n: usize) -> bool {
     matches!(plan.type_names[plan.key[n]].as_str(), "bigint" | "integer" | "smallint")
 }
 
-/// How the `n`-th key value of `change` orders (see [`KeyOrder`]).
-fn key_order<'a>(change: &'a Change, n: usize, plan: &ApplyPlan) -> KeyOrder<'a> {
+/// How the `n`-th key value of `change` orders (see [`KeyOrder`]); `integer` is
+/// [`integer_key`] of that column.
+fn key_order<'a>(change: &'a Change, n: usize, integer: bool, plan: &ApplyPlan) -> KeyOrder<'a> {
     let value = key_value(change, n, plan);
-    let number = value.filter(|_| integer_key(plan, n)).and_then(parse_integer);
+    let number = value.filter(|_| integer).and_then(parse_integer);
     number.map_or(KeyOrder::Text(value), KeyOrder::Number)
 }
 
@@ -408,12 +414,9 @@ impl TextArray {
         self.len += 1;
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
