@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use switchyard_core::{BatchLimit, Change, ChangeBatch, Lsn, Position, Progress, Source};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use super::seam::Seam;
 use crate::reconcile::continuous::Touched;
@@ -35,6 +35,8 @@ struct Handover {
     batches: mpsc::UnboundedReceiver<(ChangeBatch, u32)>,
     budget: Arc<Semaphore>,
     limit: BatchLimit,
+    /// Told of every batch handed over, for an applier waiting for a full batch.
+    arrived: Arc<Notify>,
 }
 
 /// The reader's end of the hand-over: weighs each batch once and waits for room for it.
@@ -42,6 +44,7 @@ struct HandoverSender {
     batches: mpsc::UnboundedSender<(ChangeBatch, u32)>,
     budget: Arc<Semaphore>,
     limit: BatchLimit,
+    arrived: Arc<Notify>,
 }
 
 /// A batch's weight against the hand-over's budget: a full batch weighs `limit.changes`.
@@ -57,7 +60,9 @@ impl HandoverSender {
         match self.budget.acquire_many(weight).await {
             Ok(permits) => {
                 permits.forget();
-                self.batches.send((batch, weight)).is_ok()
+                let sent = self.batches.send((batch, weight)).is_ok();
+                self.arrived.notify_waiters();
+                sent
             }
             Err(_) => false,
         }
@@ -69,7 +74,11 @@ impl Handover {
         let (sender, batches) = mpsc::unbounded_channel();
         let limit = BatchLimit { changes: limit.changes.max(1), bytes: limit.bytes.max(1) };
         let budget = Arc::new(Semaphore::new(READ_AHEAD * limit.changes));
-        (HandoverSender { batches: sender, budget: budget.clone(), limit }, Handover { batches, budget, limit })
+        let arrived = Arc::new(Notify::new());
+        (
+            HandoverSender { batches: sender, budget: budget.clone(), limit, arrived: arrived.clone() },
+            Handover { batches, budget, limit, arrived },
+        )
     }
 
     async fn recv(&mut self) -> Option<ChangeBatch> {
@@ -97,6 +106,18 @@ impl Handover {
     /// Whether a full batch has been handed over and not yet taken.
     fn full_batch_waiting(&self) -> bool {
         self.waiting() >= self.limit.changes
+    }
+
+    /// Returns once a full batch has been handed over and not yet taken.
+    async fn full_batch(&self) {
+        loop {
+            // Listening before looking: a batch handed over in between still wakes us.
+            let arrived = self.arrived.notified();
+            if self.full_batch_waiting() {
+                return;
+            }
+            arrived.await;
+        }
     }
 }
 
@@ -227,14 +248,15 @@ async fn apply_loop<S: Source + 'static>(
             let (changes, commit_micros) = (ready.changes(), ready.commit().map(|c| c.time_micros));
             let mut gathered = Ok(());
             let next = async {
-                // Readying ahead pays while a full batch is waiting (catching up). With less, a
-                // batch gathered after this one commits also holds what arrives meanwhile, so
-                // nothing waits for two target transactions.
-                if !incoming.full_batch_waiting() {
-                    return None;
-                }
                 // The connection sends this batch's statements first.
                 tokio::task::yield_now().await;
+                // Readying ahead pays once a full batch is waiting (catching up), which is
+                // often only after the write began: the reader shares this thread, and decodes
+                // what the walsender sent while the target applies. The sink stops waiting when
+                // the write ends. With less than a full batch, a batch gathered after this one
+                // commits also holds what arrives meanwhile, so nothing waits for two target
+                // transactions.
+                incoming.full_batch().await;
                 let first = incoming.try_recv()?;
                 gathering.batch(first, &mut incoming).map_err(|error| gathered = Err(error)).ok()
             };
@@ -424,5 +446,24 @@ mod tests {
         let huge = batch(1, 3 << 20);
         assert_eq!(weight(&huge, &limit), 1_000);
         assert!(sender.budget.try_acquire_many(weight(&huge, &limit)).is_ok());
+    }
+
+    /// While a batch is written, the applier waits for the next full batch to arrive (it may
+    /// come only during the write), and hears of it as soon as it is whole.
+    #[tokio::test]
+    async fn the_applier_hears_when_a_full_batch_has_arrived() {
+        use futures_util::FutureExt;
+        let (sender, mut incoming) = Handover::new(BatchLimit { changes: 100, bytes: 1 << 20 });
+        let heard = async { tokio::time::timeout(Duration::from_secs(10), incoming.full_batch()).await.is_ok() };
+        let arriving = async {
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+                assert!(sender.send(batch(60, 1)).await);
+            }
+        };
+        let (heard, ()) = tokio::join!(heard, arriving);
+        assert!(heard, "120 changes of a batch of 100 arrived, unheard");
+        incoming.recv().await.unwrap();
+        assert!(incoming.full_batch().now_or_never().is_none(), "60 changes left after one batch taken");
     }
 }

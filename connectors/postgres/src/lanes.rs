@@ -288,16 +288,9 @@ impl LaneSink {
                 (written, readied.map(|ready| ready.map(LaneReady::Whole)))
             }
             LaneReady::Whole(ready) => {
-                // Rare with lanes (a key change, a TRUNCATE, a schema change): one after the other.
-                let written = self.write_batch(LaneReady::Whole(ready)).await;
-                if written.is_err() {
-                    return (written, Ok(None));
-                }
-                let readied = match next.await {
-                    Some(batch) => self.ready(batch).await.map(Some),
-                    None => Ok(None),
-                };
-                (written, readied)
+                // Rare with lanes (a key change, a TRUNCATE, a schema change): one after the
+                // other, the caller gathering the next batch anew (see `PgSink::write_while`).
+                (self.write_batch(LaneReady::Whole(ready)).await, Ok(None))
             }
             LaneReady::Shares(shares) => {
                 let LaneSink { lanes, ahead, .. } = self;
@@ -306,7 +299,7 @@ impl LaneSink {
                 let writing = write_shares(&mut writers, shares, &gate);
                 // A spread batch ends its source transaction: the next begins a new one.
                 let readying = async {
-                    match next.await {
+                    match gate.unless_written(next).await {
                         Some(batch) => ready_shares(&mut planners, ahead, false, batch).await.map(Some),
                         None => Ok(None),
                     }

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -214,8 +214,8 @@ impl PgSink {
     }
 
     /// Writes `ready` and, while the target applies it, readies the batch `next` yields (none
-    /// if nothing has arrived): planning and encoding overlap the target's work instead of
-    /// following it. Only `ready`'s statements are sent: the next batch is written (and
+    /// if it yields none before the write ends, when `next` is dropped): planning and encoding
+    /// overlap the target's work instead of following it. Only `ready`'s statements are sent: the next batch is written (and
     /// committed) by the next call, after this one's COMMIT succeeded, so commit order and the
     /// checkpoint's one-transaction rule are those of `write_ready`.
     pub async fn write_while(
@@ -225,22 +225,15 @@ impl PgSink {
     ) -> (Result<Option<Commit>, ConnectorError>, Result<Option<ReadyBatch>, ConnectorError>) {
         if let ReadyBody::Mixed(_) = ready.body {
             // A schema change may alter the plans the next batch needs: one after the other.
-            let written = self.write_ready(ready).await;
-            if written.is_err() {
-                return (written, Ok(None));
-            }
-            let readied = match next.await {
-                Some(batch) => self.ready(&batch).await.map(Some),
-                None => Ok(None),
-            };
-            return (written, readied);
+            // `next` waits for a full batch only while a write runs: the caller gathers anew.
+            return (self.write_ready(ready).await, Ok(None));
         }
         let gate = CopyGate::new(ready.leading_copies());
         let ReadyBatch { body: ReadyBody::Rows(runs), commit, lock, advance, .. } = ready else { unreachable!("rows") };
         let PgSink { client, store, planner, tx } = self;
         let writing = write_rows(client, store, tx, runs, commit, lock, advance, Some(&gate));
         let readying = async {
-            match next.await {
+            match gate.unless_written(next).await {
                 Some(batch) => planner.ready(client, store, &batch).await.map(Some),
                 None => Ok(None),
             }
@@ -778,12 +771,35 @@ impl PreparedRun {
 /// readying starts once their data is out (a round trip after the batch's statements).
 pub struct CopyGate {
     left: AtomicUsize,
+    /// The write has ended (and so the gate is open).
+    written: AtomicBool,
     opened: Notify,
 }
 
 impl CopyGate {
     pub fn new(copies: usize) -> CopyGate {
-        CopyGate { left: AtomicUsize::new(copies), opened: Notify::new() }
+        CopyGate { left: AtomicUsize::new(copies), written: AtomicBool::new(false), opened: Notify::new() }
+    }
+
+    /// What `next` yields, or None if the write ends first (`next` is then dropped): the next
+    /// batch may still be arriving while the target applies this one, and is worth readying
+    /// ahead only until the target is done.
+    pub async fn unless_written<T>(&self, next: impl Future<Output = Option<T>>) -> Option<T> {
+        tokio::select! {
+            biased;
+            next = next => next,
+            () = self.written() => None,
+        }
+    }
+
+    async fn written(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if self.written.load(Ordering::Acquire) {
+                return;
+            }
+            opened.await;
+        }
     }
 
     fn copy_sent(&self) {
@@ -813,6 +829,7 @@ impl CopyGate {
         impl Drop for Opener<'_> {
             fn drop(&mut self) {
                 self.0.left.store(0, Ordering::Release);
+                self.0.written.store(true, Ordering::Release);
                 self.0.opened.notify_waiters();
             }
         }
@@ -861,5 +878,30 @@ mod tests {
             assert!(!is_open(&failed));
         }
         assert!(is_open(&failed), "the write ended: nothing more will be sent");
+    }
+
+    /// The next batch is readied if it arrives while the target applies this one, and no
+    /// longer waited for once the write has ended.
+    #[tokio::test]
+    async fn the_next_batch_is_waited_for_only_while_the_write_runs() {
+        let gate = CopyGate::new(0);
+        let (arrives, arrival) = tokio::sync::oneshot::channel::<u32>();
+        let writing = async {
+            let _end = gate.opener();
+            arrives.send(7).unwrap();
+            tokio::task::yield_now().await;
+        };
+        let ((), next) = tokio::join!(writing, gate.unless_written(async { arrival.await.ok() }));
+        assert_eq!(next, Some(7), "arrived during the write");
+
+        let gate = CopyGate::new(0);
+        let (_never_sent, arrival) = tokio::sync::oneshot::channel::<u32>();
+        let writing = async {
+            let _end = gate.opener();
+            tokio::task::yield_now().await;
+        };
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), gate.unless_written(async { arrival.await.ok() }));
+        let ((), next) = tokio::join!(writing, next);
+        assert_eq!(next.expect("still waiting after the write ended"), None, "the write ended first");
     }
 }
