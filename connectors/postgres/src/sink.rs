@@ -215,17 +215,18 @@ impl PgSink {
 
     /// Writes `ready` and, while the target applies it, readies the batch `next` yields (none
     /// if it yields none before the write ends, when `next` is dropped): planning and encoding
-    /// overlap the target's work instead of following it. Only `ready`'s statements are sent: the next batch is written (and
-    /// committed) by the next call, after this one's COMMIT succeeded, so commit order and the
-    /// checkpoint's one-transaction rule are those of `write_ready`.
+    /// overlap the target's work instead of following it. Only `ready`'s statements are sent:
+    /// the next batch is written (and committed) by the next call, after this one's COMMIT
+    /// succeeded, so commit order and the checkpoint's one-transaction rule are those of
+    /// `write_ready`.
     pub async fn write_while(
         &mut self,
         ready: ReadyBatch,
         next: impl Future<Output = Option<ChangeBatch>>,
     ) -> (Result<Option<Commit>, ConnectorError>, Result<Option<ReadyBatch>, ConnectorError>) {
         if let ReadyBody::Mixed(_) = ready.body {
-            // A schema change may alter the plans the next batch needs: one after the other.
-            // `next` waits for a full batch only while a write runs: the caller gathers anew.
+            // A schema change may alter the plans the next batch needs, so none is readied
+            // here: the caller gathers it after this write (`next`, never polled, took nothing).
             return (self.write_ready(ready).await, Ok(None));
         }
         let gate = CopyGate::new(ready.leading_copies());
