@@ -794,13 +794,7 @@ impl CopyGate {
     }
 
     async fn written(&self) {
-        loop {
-            let opened = self.opened.notified();
-            if self.written.load(Ordering::Acquire) {
-                return;
-            }
-            opened.await;
-        }
+        self.until(|gate| gate.written.load(Ordering::Acquire)).await
     }
 
     fn copy_sent(&self) {
@@ -839,12 +833,18 @@ impl CopyGate {
 
     /// Waits until the leading COPYs' data is sent, or the write ended.
     async fn opened(&self) {
+        self.until(|gate| gate.left.load(Ordering::Acquire) == 0).await
+    }
+
+    /// Waits until `done` holds; every change to the gate's state notifies `opened`.
+    async fn until(&self, done: impl Fn(&CopyGate) -> bool) {
         loop {
-            let opened = self.opened.notified();
-            if self.left.load(Ordering::Acquire) == 0 {
+            // Listening before looking: a change in between still wakes us.
+            let changed = self.opened.notified();
+            if done(self) {
                 return;
             }
-            opened.await;
+            changed.await;
         }
     }
 }
