@@ -301,7 +301,7 @@ pub async fn teardown(path: &Path, drop_checkpoint: bool) -> anyhow::Result<Exit
         // Indexes a stopped copy set aside go back to the target tables: with the slot gone,
         // no run of this pipeline would build them.
         store.ensure(&shadow).await?;
-        crate::runtime::rebuild_deferred_indexes(&endpoints.target, &store, file.snapshot.parallel).await?;
+        crate::runtime::rebuild_deferred_indexes(&endpoints.target, &shadow, &store, file.snapshot.parallel).await?;
     }
     if drop_checkpoint && has_checkpoint {
         store.remove(&shadow).await?;

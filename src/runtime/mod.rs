@@ -90,7 +90,7 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touche
         return Ok(());
     }
     // Before the stream: applied changes find rows by their keys.
-    rebuild_deferred_indexes(&pipeline.endpoints.target, store, file.snapshot.parallel).await?;
+    rebuild_deferred_indexes(&pipeline.endpoints.target, &target, store, file.snapshot.parallel).await?;
     if record.phase != PHASE_STREAMING {
         store.set_phase(&target, PHASE_STREAMING).await?;
     }

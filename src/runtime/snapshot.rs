@@ -36,15 +36,20 @@ pub(super) async fn initial(
         tracing::info!(slot = %slot_name, "dropping a slot left by a first run that recorded no checkpoint");
         slot::drop_slot(source, &slot_name).await?;
     }
-    let exported = slot::create_slot(&endpoints.source, &slot_name, false).await?;
+    // The catalog's row estimates, read on the source's session while the replication
+    // connection creates the slot.
+    let estimates = async {
+        let mut estimates = HashMap::new();
+        for table in tables.iter() {
+            let info = pg_catalog::load_table(source, &table.id).await?.context("table vanished")?;
+            estimates.insert(table.id.clone(), info.estimated_rows);
+        }
+        anyhow::Ok(estimates)
+    };
+    let (exported, estimates) = tokio::try_join!(async { anyhow::Ok(slot::create_slot(&endpoints.source, &slot_name, false).await?) }, estimates)?;
     let at = Position::Postgres(exported.lsn);
     tracing::info!(slot = %slot_name, position = %at, "created the replication slot; copying the snapshot");
     let reader = SnapshotReader::open(&endpoints.source, &exported.name).await?;
-    let mut estimates = HashMap::new();
-    for table in tables {
-        let info = crate::registry::pg_catalog::load_table(source, &table.id).await?.context("table vanished")?;
-        estimates.insert(table.id.clone(), info.estimated_rows);
-    }
     let chunks = plan_chunks(&reader, tables, &estimates, file.snapshot.chunk_rows).await?;
     drop(reader);
     let record = record_for(file, &at);
@@ -118,10 +123,11 @@ fn plural(count: usize, one: &str, many: &str) -> String {
 }
 
 /// Builds the indexes a copy set aside (this pipeline's, recorded in the checkpoint schema),
-/// `parallel` at a time, largest table first. Each is built and forgotten in one transaction,
-/// so a stop leaves the rest for the next call.
-pub async fn rebuild_deferred_indexes(target: &Endpoint, store: &CheckpointStore, parallel: usize) -> anyhow::Result<()> {
-    let pending = deferred_indexes::pending(&target.connect().await?, store).await?;
+/// `parallel` at a time, largest table first, each build on a connection of its own; `client`
+/// only finds them. Each is built and forgotten in one transaction, so a stop leaves the rest
+/// for the next call.
+pub async fn rebuild_deferred_indexes(target: &Endpoint, client: &tokio_postgres::Client, store: &CheckpointStore, parallel: usize) -> anyhow::Result<()> {
+    let pending = deferred_indexes::pending(client, store).await?;
     if pending.is_empty() {
         return Ok(());
     }
@@ -192,7 +198,9 @@ async fn copy(
     estimates: &HashMap<TableId, i64>,
 ) -> anyhow::Result<()> {
     let Pipeline { file, endpoints, store, tables, shutdown, .. } = pipeline;
-    let same_major = pg_catalog::major_version(source).await? == pg_catalog::major_version(target).await?;
+    let (source_major, target_major) = tokio::try_join!(pg_catalog::major_version(source), pg_catalog::major_version(target))?;
+    let same_major = source_major == target_major;
+    let builds_indexes = file.snapshot.defer_indexes;
     let mut plans = HashMap::new();
     for table in tables {
         let plan = shaper.plan(table)?;
@@ -221,6 +229,7 @@ async fn copy(
             finishing: finishing.clone(),
             progress: progress.clone(),
             shutdown: shutdown.clone(),
+            builds_indexes,
         };
         handles.push(tokio::spawn(job.run()));
     }
@@ -248,6 +257,8 @@ struct CopyJob {
     finishing: Arc<Finishing>,
     progress: Arc<CopyProgress>,
     shutdown: Shutdown,
+    /// Whether this copy set indexes aside, to be built by its workers.
+    builds_indexes: bool,
 }
 
 impl CopyJob {
@@ -261,10 +272,20 @@ impl CopyJob {
     }
 
     async fn work(&self) -> anyhow::Result<()> {
-        let reader = SnapshotReader::open(&self.source, &self.snapshot).await?;
-        let loader = BulkLoader::connect(&self.target, self.store.clone()).await?;
-        // For the indexes set aside: connected when this worker first builds one.
-        let mut index_client = None;
+        // Each connection starts a server process, so they are opened at once. The one for
+        // the indexes set aside is opened now when the copy set some aside: a table's last
+        // chunk in, its index builds start without waiting for it. Otherwise it is opened
+        // when this worker first builds one (a resumed copy's).
+        let (reader, loader, mut index_client) = tokio::try_join!(
+            SnapshotReader::open(&self.source, &self.snapshot),
+            BulkLoader::connect(&self.target, self.store.clone()),
+            async {
+                match self.builds_indexes {
+                    true => self.target.connect().await.map(Some),
+                    false => Ok(None),
+                }
+            },
+        )?;
         loop {
             if stopping(&self.shutdown) {
                 return Ok(());
