@@ -31,6 +31,7 @@ mod stream;
 
 pub use snapshot::{plan_chunks, rebuild_deferred_indexes};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -67,7 +68,10 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touche
     let (source, mut target) = (source?, target?);
     let store = registry::checkpoint_store(file);
     store.ensure(&target).await?;
-    let tables = load_source_tables(&source, file).await?;
+    let infos = source_tables(&source, file).await?;
+    // The catalog's row estimates, for a first copy's chunks and progress.
+    let estimates: HashMap<TableId, i64> = infos.iter().map(|info| (info.schema.id.clone(), info.estimated_rows)).collect();
+    let tables: Vec<_> = infos.into_iter().map(|info| Arc::new(info.schema)).collect();
     let mut shaper = Shaper::new(transform::chain(file)?);
     for table in &tables {
         shaper.plan(table).with_context(|| format!("cannot plan table {}", table.id))?;
@@ -80,7 +84,7 @@ pub async fn run(file: &PipelineFile, shutdown: Shutdown, touched: Option<Touche
             "the reverse pipeline {} has no checkpoint on the old database: it is armed by `switchyard cutover`",
             file.pipeline.name
         ),
-        None => snapshot::initial(&pipeline, &source, &mut target, &mut shaper).await?,
+        None => snapshot::initial(&pipeline, &source, &mut target, &mut shaper, &estimates).await?,
         Some(record) if record.phase == PHASE_SNAPSHOT => snapshot::resume(&pipeline, &source, &target, &mut shaper, record).await?,
         Some(record) => record,
     };
@@ -109,11 +113,14 @@ pub async fn load_source_tables(
     source: &tokio_postgres::Client,
     file: &PipelineFile,
 ) -> anyhow::Result<Vec<Arc<TableSchema>>> {
+    Ok(source_tables(source, file).await?.into_iter().map(|info| Arc::new(info.schema)).collect())
+}
+
+async fn source_tables(source: &tokio_postgres::Client, file: &PipelineFile) -> anyhow::Result<Vec<TableInfo>> {
     let mut tables = Vec::new();
     for name in &file.source.tables {
         let id = TableId::parse(name, "public").context("validated table name")?;
-        let info = source_table(source, &id).await?;
-        tables.push(Arc::new(info.schema));
+        tables.push(source_table(source, &id).await?);
     }
     Ok(tables)
 }

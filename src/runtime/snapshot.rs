@@ -22,6 +22,7 @@ pub(super) async fn initial(
     source: &tokio_postgres::Client,
     target: &mut tokio_postgres::Client,
     shaper: &mut Shaper,
+    estimates: &HashMap<TableId, i64>,
 ) -> anyhow::Result<PipelineRecord> {
     let Pipeline { file, endpoints, store, tables, .. } = pipeline;
     let slot_name = file.slot_name();
@@ -36,28 +37,18 @@ pub(super) async fn initial(
         tracing::info!(slot = %slot_name, "dropping a slot left by a first run that recorded no checkpoint");
         slot::drop_slot(source, &slot_name).await?;
     }
-    // The catalog's row estimates, read on the source's session while the replication
-    // connection creates the slot.
-    let estimates = async {
-        let mut estimates = HashMap::new();
-        for table in tables.iter() {
-            let info = pg_catalog::load_table(source, &table.id).await?.context("table vanished")?;
-            estimates.insert(table.id.clone(), info.estimated_rows);
-        }
-        anyhow::Ok(estimates)
-    };
-    let (exported, estimates) = tokio::try_join!(async { anyhow::Ok(slot::create_slot(&endpoints.source, &slot_name, false).await?) }, estimates)?;
+    let exported = slot::create_slot(&endpoints.source, &slot_name, false).await?;
     let at = Position::Postgres(exported.lsn);
     tracing::info!(slot = %slot_name, position = %at, "created the replication slot; copying the snapshot");
     let reader = SnapshotReader::open(&endpoints.source, &exported.name).await?;
-    let chunks = plan_chunks(&reader, tables, &estimates, file.snapshot.chunk_rows).await?;
+    let chunks = plan_chunks(&reader, tables, estimates, file.snapshot.chunk_rows).await?;
     drop(reader);
     let record = record_for(file, &at);
     store.create(target, &record, &chunks).await?;
     if file.snapshot.defer_indexes {
         defer_indexes(target, store, tables, shaper).await?;
     }
-    copy(pipeline, (source, &*target), shaper, &exported.name, &at, chunks, &estimates).await?;
+    copy(pipeline, (source, &*target), shaper, &exported.name, &at, chunks, estimates).await?;
     Ok(record)
 }
 
@@ -257,7 +248,7 @@ struct CopyJob {
     finishing: Arc<Finishing>,
     progress: Arc<CopyProgress>,
     shutdown: Shutdown,
-    /// Whether this copy set indexes aside, to be built by its workers.
+    /// Whether the pipeline sets indexes aside for its copy, so its workers build them.
     builds_indexes: bool,
 }
 
@@ -279,12 +270,7 @@ impl CopyJob {
         let (reader, loader, mut index_client) = tokio::try_join!(
             SnapshotReader::open(&self.source, &self.snapshot),
             BulkLoader::connect(&self.target, self.store.clone()),
-            async {
-                match self.builds_indexes {
-                    true => self.target.connect().await.map(Some),
-                    false => Ok(None),
-                }
-            },
+            async { if self.builds_indexes { self.target.connect().await.map(Some) } else { Ok(None) } },
         )?;
         loop {
             if stopping(&self.shutdown) {
