@@ -129,6 +129,50 @@ fn a_row_is_the_same_row_after_the_source_describes_its_table_again() {
     assert!(!process.log().contains("missing from target table"), "{}", process.log());
 }
 
+/// A batch's checks run on the target, inside the transaction its COMMIT (sent in the same
+/// round trip) ends: an update whose row is gone from the target stops the pipeline, naming
+/// the table, and nothing of its batch lands, neither its other changes nor the checkpoint.
+#[test]
+fn an_update_the_target_lacks_stops_the_pipeline_and_its_batch_lands_nowhere() {
+    let (pair, process) = caught_up_tenantize();
+    let applied = pair.target.psql("app", "SELECT applied_position FROM switchyard.pipelines WHERE name = 'tenantize'");
+    pair.target.psql("app", "DELETE FROM orders WHERE id = 1");
+    pair.source.psql(
+        "app",
+        "BEGIN; UPDATE users SET name = 'in the failed batch' WHERE id = 2; UPDATE orders SET status = 'paid' WHERE id = 1; COMMIT;",
+    );
+    let (status, log) = process.exit_within(60, "applied an update whose row the target lacks");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("1 of 1 updated rows are missing from target table public.orders: the target has diverged"), "{log}");
+    assert_eq!(pair.target.psql("app", "SELECT name FROM users WHERE id = 2"), "User 2");
+    let after = pair.target.psql("app", "SELECT applied_position FROM switchyard.pipelines WHERE name = 'tenantize'");
+    assert_eq!(after, applied, "the failed batch advanced the checkpoint");
+}
+
+/// The pipeline's checkpoint row deleted on the target while it runs: the next batch fails on
+/// the target, so its changes are not committed without the checkpoint that records them.
+#[test]
+fn a_checkpoint_row_gone_while_running_stops_the_pipeline_before_its_batch_lands() {
+    let (pair, process) = caught_up_tenantize();
+    pair.target.psql("app", "DELETE FROM switchyard.pipelines WHERE name = 'tenantize'");
+    pair.source.psql("app", "UPDATE users SET name = 'after the row was gone' WHERE id = 3");
+    let (status, log) = process.exit_within(60, "went on without its checkpoint row");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("the checkpoint row of pipeline tenantize is gone from the target"), "{log}");
+    assert_eq!(pair.target.psql("app", "SELECT name FROM users WHERE id = 3"), "User 3");
+}
+
+/// The seed's tables with a few rows, copied through tenantize and followed to the source's end.
+fn caught_up_tenantize() -> (Pair, Switchyard) {
+    let pair = Pair::start();
+    seed_schemas(&pair);
+    load_rows(&pair, 10, 2);
+    let pipeline = pair.pipeline("tenantize", TENANTIZE);
+    let mut process = Switchyard::run(&pipeline);
+    pair.wait_caught_up("switchyard_tenantize", &mut process);
+    (pair, process)
+}
+
 /// A target table partitioned by tenant (a common multi-tenant layout): the copy fills it, and
 /// the stream's inserts, updates, deletes and key moves reach this tenant's partition. Its
 /// statements are planned per batch: a plan made once for the session would hold, and lock at

@@ -139,15 +139,21 @@ impl Switchyard {
     }
 
     /// SIGTERM, then the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        unsafe { libc_kill(self.pid() as i32, 15) };
+        self.exit_within(60, "did not stop on SIGTERM").0
+    }
+
+    /// The exit status and log once it exits by itself, failing the test (`why`) if it runs
+    /// `seconds` longer.
+    pub fn exit_within(mut self, seconds: u64, why: &str) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().unwrap();
-        unsafe { libc_kill(child.id() as i32, 15) };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(seconds);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return status;
+                return (status, self.log());
             }
-            assert!(Instant::now() < deadline, "switchyard did not stop on SIGTERM; log:\n{}", self.log());
+            assert!(Instant::now() < deadline, "switchyard {why}; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

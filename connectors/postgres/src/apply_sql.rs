@@ -48,6 +48,14 @@ pub fn statement(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) -> (Strin
     }
 }
 
+/// `update` (an update run's statement, see [`statement`]) made to fail on the target when it
+/// misses any of its rows, through the checkpoint schema's `check_updated` (`check`): the
+/// count is checked where the batch runs, so its COMMIT can follow in the same round trip.
+pub fn checked_update(update: &str, sources: &[ParamSource], check: &str) -> String {
+    let rows = sources.iter().position(|s| !matches!(s, ParamSource::SharedKey(_))).expect("an update run has an array parameter") + 1;
+    format!("WITH updated AS ({update} RETURNING 1) SELECT {check}((SELECT count(*) FROM updated), cardinality(${rows}::text[]))")
+}
+
 /// Per key column, whether every change of the run finds its row by one and the same value.
 /// At least one column must vary: the statement keeps a row set to join (a run holds one change
 /// per row, so in a run of several some key column varies; a lone change keeps its arrays).

@@ -67,6 +67,11 @@ pub struct LaneRecord {
     pub ahead_routes: Vec<String>,
 }
 
+/// SQLSTATEs the checkpoint schema's functions raise (see `CheckpointStore::ensure`).
+pub const ROWS_MISSING: &str = "SYU01";
+pub const CHECKPOINT_GONE: &str = "SYC01";
+pub const REPAIRED: &str = "SYR01";
+
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     schema: String,
@@ -96,15 +101,23 @@ impl CheckpointStore {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
     }
 
+    /// One of the checks a batch's own statements make on the target (see `ensure`).
+    pub(crate) fn function(&self, name: &str) -> String {
+        self.table(name)
+    }
+
+    /// Creates the checkpoint schema, or brings an older one up to date. Besides the tables it
+    /// holds two functions a batch's own statements call, so that a batch sent with its COMMIT
+    /// in one round trip checks on the target what the client would check between them:
+    /// `check_updated` fails an update that missed rows (SQLSTATE [`ROWS_MISSING`]), and
+    /// `check_pipeline` fails a batch whose pipeline row is gone ([`CHECKPOINT_GONE`]) or whose
+    /// repairs changed since it was filtered ([`REPAIRED`]).
     pub async fn ensure(&self, client: &Client) -> Result<(), ConnectorError> {
         // ALTER TABLE takes an exclusive lock even when it changes nothing, and would queue
         // behind (and then block) the apply transactions holding the checkpoint row: skip the
         // DDL when the newest piece of the schema is there already.
         let current: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'routes' AND NOT attisdropped)",
-                &[&self.table("apply_lanes")],
-            )
+            .query_one("SELECT to_regprocedure($1) IS NOT NULL", &[&format!("{}(text, bigint)", self.function("check_pipeline"))])
             .await
             .context(|| "cannot look for the checkpoint schema".into())?
             .get(0);
@@ -182,7 +195,30 @@ impl CheckpointStore {
                  applied_commit_micros bigint,
                  updated_at timestamptz NOT NULL DEFAULT now(),
                  PRIMARY KEY (pipeline, lane));
-             ALTER TABLE {apply_lanes} ADD COLUMN IF NOT EXISTS routes text;",
+             ALTER TABLE {apply_lanes} ADD COLUMN IF NOT EXISTS routes text;
+             CREATE OR REPLACE FUNCTION {check_updated}(updated bigint, expected bigint) RETURNS bigint
+             LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF updated <> expected THEN
+                     RAISE EXCEPTION USING ERRCODE = '{ROWS_MISSING}',
+                         MESSAGE = format('%s of %s updated rows are missing', expected - updated, expected);
+                 END IF;
+                 RETURN updated;
+             END $$;
+             CREATE OR REPLACE FUNCTION {check_pipeline}(pipeline text, repairs_version bigint) RETURNS void
+             LANGUAGE plpgsql AS $$
+             DECLARE
+                 current_version bigint;
+             BEGIN
+                 SELECT p.repairs_version INTO current_version FROM {pipelines} p WHERE p.name = check_pipeline.pipeline;
+                 IF NOT FOUND THEN
+                     RAISE EXCEPTION USING ERRCODE = '{CHECKPOINT_GONE}',
+                         MESSAGE = format('the checkpoint row of pipeline %s is gone from the target; was it torn down while running?', pipeline);
+                 END IF;
+                 IF current_version <> check_pipeline.repairs_version THEN
+                     RAISE EXCEPTION USING ERRCODE = '{REPAIRED}', MESSAGE = 'rows were repaired on the target';
+                 END IF;
+             END $$;",
             schema = quote_ident(&self.schema),
             pipelines = self.table("pipelines"),
             chunks = self.table("snapshot_chunks"),
@@ -191,6 +227,8 @@ impl CheckpointStore {
             cutovers = self.table("cutovers"),
             deferred_indexes = self.table("deferred_indexes"),
             apply_lanes = self.table("apply_lanes"),
+            check_updated = self.function("check_updated"),
+            check_pipeline = self.function("check_pipeline"),
         );
         client.batch_execute(&sql).await.context(|| {
             format!("cannot create the checkpoint schema {:?} on the target (needs CREATE on the database)", self.schema)
@@ -369,6 +407,12 @@ impl CheckpointStore {
             let _ = client.batch_execute("ROLLBACK").await;
         }
         flushed.context(|| "cannot flush the target's commits".into())
+    }
+
+    /// The statement that fails a batch, on the target, if the pipeline's row is gone or its
+    /// repairs version is not `$2` (null: any), with the pipeline's name as `$1`.
+    pub fn check_pipeline_sql(&self) -> String {
+        format!("SELECT {}($1, $2)", self.function("check_pipeline"))
     }
 
     /// Locks this pipeline's row for the rest of the transaction: applying and repairing take

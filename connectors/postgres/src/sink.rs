@@ -29,7 +29,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::apply_sql::{self, plan_for, ApplyPlan, RunParam};
 use crate::catalog::{self, TableInfo};
-use crate::checkpoint::{AdvanceParams, CheckpointStore};
+use crate::checkpoint::{AdvanceParams, CheckpointStore, CHECKPOINT_GONE, REPAIRED, ROWS_MISSING};
 use crate::durability::TargetWal;
 use crate::error::PgResultExt;
 use crate::grouping::{self, Kind as RunKind};
@@ -65,6 +65,8 @@ struct Planner {
     tied_known: HashSet<TableId>,
     /// The session plans each statement once (see `PgSink::plan_once`).
     plans_once: bool,
+    /// The checkpoint schema's `check_updated`, which update statements call.
+    check_updated: String,
 }
 
 /// A batch made ready to write: its statements planned and its values encoded.
@@ -74,6 +76,9 @@ pub struct ReadyBatch {
     changes: usize,
     lock: Statement,
     advance: Option<(Statement, AdvanceParams)>,
+    /// `CheckpointStore::check_pipeline_sql`, sent before the statements when the COMMIT goes
+    /// with them.
+    check: Statement,
 }
 
 enum ReadyBody {
@@ -117,7 +122,8 @@ impl ReadyBatch {
 
 impl PgSink {
     pub fn new(client: Client, store: CheckpointStore) -> Self {
-        PgSink { client, store, planner: Planner::default(), tx: TxState::default() }
+        let planner = Planner { check_updated: store.function("check_updated"), ..Planner::default() };
+        PgSink { client, store, planner, tx: TxState::default() }
     }
 
     pub fn client(&self) -> &Client {
@@ -198,9 +204,12 @@ impl PgSink {
 
     /// Writes a readied batch with the checkpoint's advance (see [`Sink::write`]).
     pub async fn write_ready(&mut self, ready: ReadyBatch) -> Result<Option<Commit>, ConnectorError> {
-        let ReadyBatch { body, commit, lock, advance, .. } = ready;
+        let ReadyBatch { body, commit, lock, advance, check, .. } = ready;
         let changes = match body {
-            ReadyBody::Rows(runs) => return write_rows(&self.client, &self.store, &mut self.tx, runs, commit, lock, advance, None).await,
+            ReadyBody::Rows(runs) => {
+                let frame = Frame::around(self.tx.open, lock, advance);
+                return write_rows(&self.client, &self.store, &mut self.tx, runs, commit, frame, check, None).await;
+            }
             ReadyBody::Mixed(changes) => changes,
         };
         let frame = Frame::around(self.tx.open, lock, advance);
@@ -230,9 +239,10 @@ impl PgSink {
             return (self.write_ready(ready).await, Ok(None));
         }
         let gate = CopyGate::new(ready.leading_copies());
-        let ReadyBatch { body: ReadyBody::Rows(runs), commit, lock, advance, .. } = ready else { unreachable!("rows") };
+        let ReadyBatch { body: ReadyBody::Rows(runs), commit, lock, advance, check, .. } = ready else { unreachable!("rows") };
         let PgSink { client, store, planner, tx } = self;
-        let writing = write_rows(client, store, tx, runs, commit, lock, advance, Some(&gate));
+        let frame = Frame::around(tx.open, lock, advance);
+        let writing = write_rows(client, store, tx, runs, commit, frame, check, Some(&gate));
         let readying = async {
             match gate.unless_written(next).await {
                 Some(batch) => planner.ready(client, store, &batch).await.map(Some),
@@ -500,10 +510,13 @@ impl Planner {
         let (statement, values) = if kind == RunKind::Insert && changes.len() >= apply_sql::COPY_MIN_ROWS {
             (self.statement(client, apply_sql::copy_sql(plan)).await?, RunValues::Copy(apply_sql::copy_data(changes)))
         } else {
-            let (sql, sources) = apply_sql::statement(plan, kind, changes);
+            let (mut sql, sources) = apply_sql::statement(plan, kind, changes);
+            if kind == RunKind::Update {
+                sql = apply_sql::checked_update(&sql, &sources, &self.check_updated);
+            }
             (self.statement(client, sql).await?, RunValues::Params(apply_sql::params(plan, &sources, changes)))
         };
-        Ok(PreparedRun { statement, values, kind, rows: changes.len() as u64, table: plan.target().clone() })
+        Ok(PreparedRun { statement, values, rows: changes.len() as u64, table: plan.target().clone() })
     }
 
     /// Plans `batch` and encodes its values (see `PgSink::ready`).
@@ -523,6 +536,7 @@ impl Planner {
             changes: batch.changes.len(),
             lock: self.statement(client, store.lock_sql()).await?,
             advance,
+            check: self.statement(client, store.check_pipeline_sql()).await?,
         })
     }
 }
@@ -535,8 +549,9 @@ impl Sink for PgSink {
 }
 
 /// Sends the prepared runs pipelined, inside `frame` (the transaction's start before them,
-/// the checkpoint's advance after them), and checks each did what it should: a batch costs
-/// one round trip here and one for its COMMIT.
+/// the checkpoint's advance after them, and perhaps its COMMIT), and makes sure each did what
+/// it should: an update that missed rows fails on the target (`apply_sql::checked_update`), so
+/// nothing is left to check between the statements and a COMMIT sent with them.
 async fn send_runs(
     client: &Client,
     store: &CheckpointStore,
@@ -554,16 +569,29 @@ async fn send_runs(
             None => Ok(None),
         }
     };
+    let repairs_version = tx.repairs_version;
+    let check = async {
+        let Some(check) = &frame.commit else { return Ok(()) };
+        client.execute(check, &[&store.pipeline(), &repairs_version]).await.map(drop).map_err(|e| checkpoint_check_error(e, store))
+    };
     let leading = leading_copies(&runs);
     let applied = try_join_all(runs.iter().enumerate().map(|(index, run)| async move {
         let gate = gate.filter(|_| index < leading);
-        run.send(client, gate).await.map(|n| (n, run)).map_err(|e| (e, run))
+        run.send(client, gate).await.map_err(|e| (e, run))
     }));
     let advance = async {
         let Some((statement, params)) = &frame.advance else { return Ok(None) };
         client.execute(statement, &params.params()).await.map(Some).context(|| "cannot advance the checkpoint".into())
     };
-    let (locked, results, advanced) = tokio::join!(begin, applied, advance);
+    let commit = async {
+        if frame.commit.is_none() {
+            return Ok(());
+        }
+        client.batch_execute("COMMIT").await.context(|| "cannot commit the target transaction".into())
+    };
+    // Awaited together so that all of it goes out at once; its results are read in the order
+    // the target ran it, since after a failure the rest fails only for following it.
+    let (locked, checked, results, advanced, committed) = tokio::join!(begin, check, applied, advance, commit);
     if frame.begin.is_some() {
         tx.open = true;
     }
@@ -573,7 +601,8 @@ async fn send_runs(
         tx.wal = Some(wal);
         check_repairs(tx, version)?;
     }
-    let results = results.map_err(|(e, run)| {
+    checked?;
+    results.map_err(|(e, run)| {
         // Rows of one statement may trade a unique value that the source moved one row at a
         // time; PostgreSQL checks such an index row by row. From now on that table's changes
         // go one per statement, and the batch is applied again from the checkpoint.
@@ -583,35 +612,52 @@ async fn send_runs(
                 run.rows, run.table
             ));
         }
-        crate::error::classify("cannot apply changes to the target", e)
-    })?;
-    for (affected, run) in results {
-        if run.kind == RunKind::Update && affected != run.rows {
-            return Err(ConnectorError::definite(format!(
-                "{} of {} updated rows are missing from target table {}: the target has diverged from the source \
+        if let Some(db) = e.as_db_error().filter(|db| db.code().code() == ROWS_MISSING) {
+            return ConnectorError::definite(format!(
+                "{} from target table {}: the target has diverged from the source \
                  (a row deleted or changed there by someone else, or a filter column that changed on the source); \
                  run `switchyard verify` to see the difference",
-                run.rows - affected,
-                run.rows,
+                db.message(),
                 run.table
-            )));
+            ));
         }
-    }
+        crate::error::classify("cannot apply changes to the target", e)
+    })?;
     if let Some(updated) = advanced? {
         store.check_advanced(updated)?;
     }
+    committed?;
+    if frame.commit.is_some() {
+        tx.open = false;
+    }
     Ok(())
+}
+
+/// The checkpoint schema's `check_pipeline` failing, as the runtime acts on it.
+fn checkpoint_check_error(error: tokio_postgres::Error, store: &CheckpointStore) -> ConnectorError {
+    match error.as_db_error().map(|db| db.code().code()) {
+        Some(REPAIRED) => repaired(),
+        Some(CHECKPOINT_GONE) => ConnectorError::definite(error.as_db_error().map(|db| db.message().to_string()).unwrap_or_default()),
+        _ => crate::error::classify(format!("cannot check pipeline {}'s checkpoint row", store.pipeline()), error),
+    }
 }
 
 fn check_repairs(tx: &TxState, version: i64) -> Result<(), ConnectorError> {
     if tx.repairs_version.is_some_and(|expected| expected != version) {
-        return Err(ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them"));
+        return Err(repaired());
     }
     Ok(())
 }
 
-/// A batch of row changes: its statements and the checkpoint's advance in one round trip,
-/// then (at the source transaction's end) COMMIT. Any failure rolls the transaction back.
+fn repaired() -> ConnectorError {
+    ConnectorError::conflict("rows were repaired on the target; resuming from the checkpoint to respect them")
+}
+
+/// A batch of row changes: its statements and the checkpoint's advance in one round trip, and
+/// (at the source transaction's end) its COMMIT, in the same round trip when the batch begins
+/// the transaction and holds no COPY (a COPY's data waits for the target to reach it, and such
+/// a batch is large enough not to mind another round trip), else in one of its own. Any failure
+/// rolls the transaction back.
 #[allow(clippy::too_many_arguments)]
 async fn write_rows(
     client: &Client,
@@ -619,17 +665,22 @@ async fn write_rows(
     tx: &mut TxState,
     runs: Vec<PreparedRun>,
     commit: Option<Commit>,
-    lock: Statement,
-    advance: Option<(Statement, AdvanceParams)>,
+    mut frame: Frame,
+    check: Statement,
     gate: Option<&CopyGate>,
 ) -> Result<Option<Commit>, ConnectorError> {
-    let frame = Frame::around(tx.open, lock, advance);
+    let commits_along = commit.is_some() && frame.begin.is_some() && runs.iter().all(PreparedRun::is_statement);
+    if commits_along {
+        frame.commit = Some(check);
+    }
     if let Err(error) = send_runs(client, store, tx, runs, frame, gate).await {
         rollback(client, tx).await;
         return Err(error);
     }
     let Some(committed) = commit else { return Ok(None) };
-    self::commit(client, tx).await?;
+    if !commits_along {
+        self::commit(client, tx).await?;
+    }
     Ok(Some(committed))
 }
 
@@ -673,6 +724,9 @@ async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<
 struct Frame {
     begin: Option<Lock>,
     advance: Option<(Statement, AdvanceParams)>,
+    /// The COMMIT goes in the same pipeline, after this check (`check_pipeline_sql`) that
+    /// stands in for the client's reading of the lock's result.
+    commit: Option<Statement>,
 }
 
 /// The statement that takes the pipeline's lock as a transaction begins, returning the repairs
@@ -688,9 +742,9 @@ impl Frame {
     /// the pipeline's lock too (one statement fewer than locking, then advancing).
     fn around(open: bool, lock: Statement, advance: Option<(Statement, AdvanceParams)>) -> Frame {
         match (open, advance) {
-            (true, advance) => Frame { begin: None, advance },
-            (false, Some((statement, params))) => Frame { begin: Some(Lock { statement, advance: Some(params) }), advance: None },
-            (false, None) => Frame { begin: Some(Lock { statement: lock, advance: None }), advance: None },
+            (true, advance) => Frame { begin: None, advance, commit: None },
+            (false, Some((statement, params))) => Frame { begin: Some(Lock { statement, advance: Some(params) }), advance: None, commit: None },
+            (false, None) => Frame { begin: Some(Lock { statement: lock, advance: None }), advance: None, commit: None },
         }
     }
 
@@ -700,7 +754,7 @@ impl Frame {
 
     /// The start alone, for a flush before the batch's end (a schema change or a TRUNCATE).
     fn begin(&mut self) -> Frame {
-        Frame { begin: self.begin.take(), advance: None }
+        Frame { begin: self.begin.take(), advance: None, commit: None }
     }
 }
 
@@ -727,7 +781,6 @@ fn one_by_one(table: &TableId, learn: bool) -> bool {
 struct PreparedRun {
     statement: Statement,
     values: RunValues,
-    kind: RunKind,
     rows: u64,
     table: TableId,
 }
@@ -743,6 +796,11 @@ enum RunValues {
 }
 
 impl PreparedRun {
+    /// Sent as a statement, not a COPY.
+    fn is_statement(&self) -> bool {
+        matches!(self.values, RunValues::Params(_))
+    }
+
     /// Sends the run; the rows it affected. Runs sent one after another are pipelined, a COPY
     /// too: its data follows once the server has reached it (one round trip's wait), and then
     /// counts down `gate` (given to the leading COPYs).
