@@ -105,12 +105,8 @@ fn truncate_and_key_updates_apply() {
 /// its updates, and the target ends equal.
 #[test]
 fn a_row_is_the_same_row_after_the_source_describes_its_table_again() {
-    let pair = Pair::start();
-    seed_schemas(&pair);
-    load_rows(&pair, 100, 2);
+    let (pair, process) = caught_up_tenantize(100);
     let pipeline = pair.pipeline("tenantize", TENANTIZE);
-    let mut process = Switchyard::run(&pipeline);
-    pair.wait_caught_up("switchyard_tenantize", &mut process);
     process.stop();
     // One source transaction is one batch, whatever the timing of the reader.
     pair.source.psql(
@@ -134,7 +130,7 @@ fn a_row_is_the_same_row_after_the_source_describes_its_table_again() {
 /// the table, and nothing of its batch lands, neither its other changes nor the checkpoint.
 #[test]
 fn an_update_the_target_lacks_stops_the_pipeline_and_its_batch_lands_nowhere() {
-    let (pair, process) = caught_up_tenantize();
+    let (pair, process) = caught_up_tenantize(10);
     let applied = pair.target.psql("app", "SELECT applied_position FROM switchyard.pipelines WHERE name = 'tenantize'");
     pair.target.psql("app", "DELETE FROM orders WHERE id = 1");
     pair.source.psql(
@@ -153,7 +149,7 @@ fn an_update_the_target_lacks_stops_the_pipeline_and_its_batch_lands_nowhere() {
 /// the target, so its changes are not committed without the checkpoint that records them.
 #[test]
 fn a_checkpoint_row_gone_while_running_stops_the_pipeline_before_its_batch_lands() {
-    let (pair, process) = caught_up_tenantize();
+    let (pair, process) = caught_up_tenantize(10);
     pair.target.psql("app", "DELETE FROM switchyard.pipelines WHERE name = 'tenantize'");
     pair.source.psql("app", "UPDATE users SET name = 'after the row was gone' WHERE id = 3");
     let (status, log) = process.exit_within(60, "went on without its checkpoint row");
@@ -162,11 +158,12 @@ fn a_checkpoint_row_gone_while_running_stops_the_pipeline_before_its_batch_lands
     assert_eq!(pair.target.psql("app", "SELECT name FROM users WHERE id = 3"), "User 3");
 }
 
-/// The seed's tables with a few rows, copied through tenantize and followed to the source's end.
-fn caught_up_tenantize() -> (Pair, Switchyard) {
+/// The seed's tables with `users` users and two orders each, copied through tenantize and
+/// followed to the source's end.
+fn caught_up_tenantize(users: u64) -> (Pair, Switchyard) {
     let pair = Pair::start();
     seed_schemas(&pair);
-    load_rows(&pair, 10, 2);
+    load_rows(&pair, users, 2);
     let pipeline = pair.pipeline("tenantize", TENANTIZE);
     let mut process = Switchyard::run(&pipeline);
     pair.wait_caught_up("switchyard_tenantize", &mut process);
