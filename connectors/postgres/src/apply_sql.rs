@@ -605,11 +605,15 @@ pub(crate) mod tests {
         };
         let updates = [update("4"), update("5")];
         let runs: Vec<&Change> = updates.iter().collect();
-        let (sql, _) = statement(&plan, RunKind::Update, &runs);
+        let (sql, sources) = statement(&plan, RunKind::Update, &runs);
         assert!(
             sql.ends_with("SET \"status\" = u.p3::text FROM unnest($2::text[], $3::text[]) AS u(p2, p3) WHERE t.\"tenant_id\" = $1::uuid AND t.\"id\" = u.p2::bigint"),
             "{sql}"
         );
+        // The rows an update must find are counted from an array, never the shared scalar.
+        let checked = checked_update(&sql, &sources, "s.check_updated");
+        assert!(checked.starts_with("WITH updated AS (UPDATE "), "{checked}");
+        assert!(checked.ends_with(" RETURNING 1) SELECT s.check_updated((SELECT count(*) FROM updated), cardinality($2::text[]))"), "{checked}");
     }
 
     /// A `text[]` goes on the wire as `array_recv` reads it: the bytes postgres-protocol's
