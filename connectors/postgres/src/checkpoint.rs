@@ -213,7 +213,7 @@ impl CheckpointStore {
                  SELECT p.repairs_version INTO current_version FROM {pipelines} p WHERE p.name = check_pipeline.pipeline;
                  IF NOT FOUND THEN
                      RAISE EXCEPTION USING ERRCODE = '{CHECKPOINT_GONE}',
-                         MESSAGE = format('the checkpoint row of pipeline %s is gone from the target; was it torn down while running?', pipeline);
+                         MESSAGE = format('no checkpoint row for pipeline %s', pipeline);
                  END IF;
                  IF current_version <> check_pipeline.repairs_version THEN
                      RAISE EXCEPTION USING ERRCODE = '{REPAIRED}', MESSAGE = 'rows were repaired on the target';
@@ -378,16 +378,18 @@ impl CheckpointStore {
     /// What `advance_sql` must have updated: the pipeline's (or lane's) one checkpoint row.
     pub fn check_advanced(&self, updated: u64) -> Result<(), ConnectorError> {
         if updated != 1 {
-            let row = match self.lane {
-                Some(lane) => format!("apply lane {lane}'s row"),
-                None => "the checkpoint row".to_string(),
-            };
-            return Err(ConnectorError::definite(format!(
-                "{row} of pipeline {} is gone from the target; was it torn down while running?",
-                self.pipeline
-            )));
+            return Err(self.row_gone());
         }
         Ok(())
+    }
+
+    /// The pipeline's (or lane's) checkpoint row is not on the target.
+    pub fn row_gone(&self) -> ConnectorError {
+        let row = match self.lane {
+            Some(lane) => format!("apply lane {lane}'s row"),
+            None => "the checkpoint row".to_string(),
+        };
+        ConnectorError::definite(format!("{row} of pipeline {} is gone from the target; was it torn down while running?", self.pipeline))
     }
 
     /// Puts every commit made so far on the target on its disk (and its synchronous standbys'),

@@ -372,7 +372,7 @@ impl SinkWriter<'_> {
     /// Begins a target transaction holding the pipeline's lock (`lock`, pipelined: one round
     /// trip); returns the repairs version. A failure rolls back.
     async fn begin_locked(&mut self, lock: Statement) -> Result<i64, ConnectorError> {
-        let locked = begin_and_lock(self.client, &Lock { statement: lock, advance: None }, self.store.pipeline()).await;
+        let locked = begin_and_lock(self.client, &Lock { statement: lock, advance: None }, self.store).await;
         self.tx.open = true;
         match locked {
             Ok((version, wal)) => {
@@ -565,7 +565,7 @@ async fn send_runs(
     }
     let begin = async {
         match &frame.begin {
-            Some(lock) => begin_and_lock(client, lock, store.pipeline()).await.map(Some),
+            Some(lock) => begin_and_lock(client, lock, store).await.map(Some),
             None => Ok(None),
         }
     };
@@ -637,7 +637,7 @@ async fn send_runs(
 fn checkpoint_check_error(error: tokio_postgres::Error, store: &CheckpointStore) -> ConnectorError {
     match error.as_db_error().map(|db| db.code().code()) {
         Some(REPAIRED) => repaired(),
-        Some(CHECKPOINT_GONE) => ConnectorError::definite(error.as_db_error().map(|db| db.message().to_string()).unwrap_or_default()),
+        Some(CHECKPOINT_GONE) => store.row_gone(),
         _ => crate::error::classify(format!("cannot check pipeline {}'s checkpoint row", store.pipeline()), error),
     }
 }
@@ -702,7 +702,8 @@ fn is_row_change(change: &Change) -> bool {
 }
 
 /// `BEGIN` and the pipeline's lock, pipelined; the repairs version and the target's WAL.
-async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<(i64, TargetWal), ConnectorError> {
+async fn begin_and_lock(client: &Client, lock: &Lock, store: &CheckpointStore) -> Result<(i64, TargetWal), ConnectorError> {
+    let pipeline = store.pipeline();
     let params: Vec<&(dyn ToSql + Sync)> = match &lock.advance {
         Some(advance) => advance.params(),
         None => vec![&pipeline],
@@ -712,9 +713,7 @@ async fn begin_and_lock(client: &Client, lock: &Lock, pipeline: &str) -> Result<
         tokio::join!(client.batch_execute("BEGIN; SET CONSTRAINTS ALL DEFERRED"), client.query_opt(&lock.statement, &params));
     begun.context(|| "cannot begin a target transaction".into())?;
     let row = locked.context(|| "cannot lock the pipeline's checkpoint".into())?;
-    let row = row.ok_or_else(|| {
-        ConnectorError::definite(format!("the checkpoint row of pipeline {pipeline} is gone from the target; was it torn down while running?"))
-    })?;
+    let row = row.ok_or_else(|| store.row_gone())?;
     Ok((row.get(0), TargetWal::from_row(&row, 1)?))
 }
 
