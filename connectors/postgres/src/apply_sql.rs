@@ -36,16 +36,50 @@ impl ApplyPlan {
     }
 }
 
-/// The statement for a run of `kind` changes like the first of `changes` (an update's
-/// statement sets the columns its change carries), and where each of its parameters takes its
-/// values from.
-pub fn statement(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) -> (String, Vec<ParamSource>) {
-    let first = changes[0];
-    match kind {
-        RunKind::Insert => insert_sql(plan),
-        RunKind::Update => update_sql(plan, &present_columns(first), moves_key(first), &shared_key(plan, changes)),
-        RunKind::Delete => delete_sql(plan, &shared_key(plan, changes)),
+/// What a run's statement depends on besides its table's plan: runs of one shape share a
+/// statement, so the sink finds it prepared without writing its SQL again (at a steady 1,000
+/// small transactions a second, writing it was about 5% of the process's CPU).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RunShape {
+    kind: RunKind,
+    /// The columns an update carries.
+    present: Vec<bool>,
+    moves_key: bool,
+    /// Per key column, whether every change of the run finds its row by one value.
+    shared: Vec<bool>,
+}
+
+impl RunShape {
+    /// The shape of a run of `kind` changes like the first of `changes` (an update's statement
+    /// sets the columns its change carries).
+    pub fn of(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) -> RunShape {
+        let first = changes[0];
+        let (present, moves_key, shared) = match kind {
+            RunKind::Insert => (Vec::new(), false, Vec::new()),
+            RunKind::Update => (present_columns(first), moves_key(first), shared_key(plan, changes)),
+            RunKind::Delete => (Vec::new(), false, shared_key(plan, changes)),
+        };
+        RunShape { kind, present, moves_key, shared }
     }
+
+    pub fn kind(&self) -> RunKind {
+        self.kind
+    }
+
+    /// The statement for runs of this shape, and where each of its parameters takes its values
+    /// from.
+    pub fn statement(&self, plan: &ApplyPlan) -> (String, Vec<ParamSource>) {
+        match self.kind {
+            RunKind::Insert => insert_sql(plan),
+            RunKind::Update => update_sql(plan, &self.present, self.moves_key, &self.shared),
+            RunKind::Delete => delete_sql(plan, &self.shared),
+        }
+    }
+}
+
+/// The statement for a run of `kind` changes (see [`RunShape`]).
+pub fn statement(plan: &ApplyPlan, kind: RunKind, changes: &[&Change]) -> (String, Vec<ParamSource>) {
+    RunShape::of(plan, kind, changes).statement(plan)
 }
 
 /// `update` (an update run's statement, see [`statement`]) made to fail on the target when it
@@ -569,6 +603,54 @@ pub(crate) mod tests {
         let key_only = Change::Update { table: table.clone(), old_key: None, row: vec![Value::text("t1"), Value::text("42"), Value::Unchanged] };
         let (sql, _) = statement(&plan, RunKind::Update, &[&key_only]);
         assert!(sql.contains("SET \"tenant_id\" = u.p3::uuid, \"id\" = u.p4::bigint FROM"), "{sql}");
+    }
+
+    /// The sink keeps one prepared statement per plan and shape: runs whose statements differ
+    /// must differ in shape (or a cached statement would be sent with the wrong parameters), and
+    /// runs alike must share one.
+    #[test]
+    fn runs_share_a_shape_exactly_when_they_share_a_statement() {
+        let (table, plan) = orders();
+        let update = |tenant: &str, id: &str, status: Value, old_key: Option<Vec<Value>>| Change::Update {
+            table: table.clone(),
+            old_key,
+            row: vec![Value::text(tenant), Value::text(id), status],
+        };
+        let delete = |tenant: &str, id: &str| Change::Delete { table: table.clone(), key: vec![Value::text(tenant), Value::text(id)] };
+        let paid = |id: &str| update("t1", id, Value::text("paid"), None);
+        let runs: Vec<(RunKind, Vec<Change>)> = vec![
+            (RunKind::Update, vec![paid("4"), paid("5")]),
+            (RunKind::Update, vec![paid("6"), paid("7")]),
+            (RunKind::Update, vec![update("t1", "4", Value::Unchanged, None), update("t1", "5", Value::Unchanged, None)]),
+            (RunKind::Update, vec![update("t1", "4", Value::text("paid"), Some(vec![Value::text("t1"), Value::text("3")]))]),
+            (RunKind::Update, vec![paid("4"), update("t2", "4", Value::text("paid"), None)]),
+            (RunKind::Update, vec![paid("9")]),
+            (RunKind::Delete, vec![delete("t1", "4"), delete("t1", "5")]),
+            (RunKind::Delete, vec![delete("t1", "4"), delete("t2", "4")]),
+            (RunKind::Delete, vec![delete("t1", "8"), delete("t1", "9")]),
+            (RunKind::Insert, vec![Change::Insert { table: table.clone(), row: vec![Value::text("t1"), Value::text("4"), Value::text("new")] }]),
+        ];
+        let shaped: Vec<(RunShape, String)> = runs
+            .iter()
+            .map(|(kind, changes)| {
+                let changes: Vec<&Change> = changes.iter().collect();
+                // The statement written from the changes themselves, not through their shape.
+                let first = changes[0];
+                let sql = match kind {
+                    RunKind::Insert => insert_sql(&plan).0,
+                    RunKind::Update => update_sql(&plan, &present_columns(first), moves_key(first), &shared_key(&plan, &changes)).0,
+                    RunKind::Delete => delete_sql(&plan, &shared_key(&plan, &changes)).0,
+                };
+                (RunShape::of(&plan, *kind, &changes), sql)
+            })
+            .collect();
+        for (a, (shape_a, sql_a)) in shaped.iter().enumerate() {
+            for (shape_b, sql_b) in &shaped[a + 1..] {
+                assert_eq!(shape_a == shape_b, sql_a == sql_b, "{shape_a:?} / {shape_b:?}:\n{sql_a}\n{sql_b}");
+            }
+        }
+        assert_eq!(shaped[0].0, shaped[1].0, "updates of other rows alike share a shape");
+        assert_eq!(shaped[6].0, shaped[8].0, "deletes of other rows alike share a shape");
     }
 
     /// A key column holding one value in every row of an update or delete (the attached tenant

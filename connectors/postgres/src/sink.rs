@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use tokio::sync::Notify;
 use tokio_postgres::{Client, Statement};
 
-use crate::apply_sql::{self, plan_for, ApplyPlan, RunParam};
+use crate::apply_sql::{self, plan_for, ApplyPlan, ParamSource, RunParam, RunShape};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::{AdvanceParams, CheckpointStore, CHECKPOINT_GONE, REPAIRED, ROWS_MISSING};
 use crate::durability::TargetWal;
@@ -59,7 +59,7 @@ struct Planner {
     targets: HashMap<TableId, TableInfo>,
     /// Apply plans by shaped schema; the `Arc` is kept so its address is never reused.
     plans: FxHashMap<usize, (Arc<TableSchema>, Arc<ApplyPlan>)>,
-    statements: HashMap<String, Statement>,
+    statements: Prepared,
     /// How target tables constrain reordering a batch's changes (learned per table).
     ties: grouping::Ties,
     tied_known: HashSet<TableId>,
@@ -67,6 +67,35 @@ struct Planner {
     plans_once: bool,
     /// The checkpoint schema's `check_updated`, which update statements call.
     check_updated: String,
+}
+
+/// The statements prepared on the connection, found by their SQL or, for what every batch
+/// sends, without writing it again.
+#[derive(Default)]
+struct Prepared {
+    by_sql: HashMap<String, Statement>,
+    /// Apply runs' statements by plan and shape, with their parameters' sources. A plan is
+    /// known by its address, which `Planner::plans` keeps from reuse while it holds the plan:
+    /// whatever drops plans clears these too (`clear`).
+    runs: FxHashMap<(usize, RunShape), RunStatement>,
+    /// The checkpoint's statements around every batch.
+    frame: Option<FrameStatements>,
+}
+
+impl Prepared {
+    fn clear(&mut self) {
+        *self = Prepared::default();
+    }
+}
+
+/// A run's statement and where each of its parameters takes its values from.
+type RunStatement = (Statement, Arc<[ParamSource]>);
+
+#[derive(Clone)]
+struct FrameStatements {
+    lock: Statement,
+    advance: Statement,
+    check: Statement,
 }
 
 /// A batch made ready to write: its statements planned and its values encoded.
@@ -479,12 +508,40 @@ impl Planner {
     }
 
     async fn statement(&mut self, client: &Client, sql: String) -> Result<Statement, ConnectorError> {
-        if let Some(statement) = self.statements.get(&sql) {
+        if let Some(statement) = self.statements.by_sql.get(&sql) {
             return Ok(statement.clone());
         }
         let statement = client.prepare(&sql).await.context(|| format!("cannot prepare {sql}"))?;
-        self.statements.insert(sql, statement.clone());
+        self.statements.by_sql.insert(sql, statement.clone());
         Ok(statement)
+    }
+
+    /// The statement for runs of `shape` on `plan`'s table, and its parameters' sources.
+    async fn run_statement(&mut self, client: &Client, plan: &Arc<ApplyPlan>, shape: RunShape) -> Result<RunStatement, ConnectorError> {
+        let key = (Arc::as_ptr(plan) as usize, shape);
+        if let Some(found) = self.statements.runs.get(&key) {
+            return Ok(found.clone());
+        }
+        let (mut sql, sources) = key.1.statement(plan);
+        if key.1.kind() == RunKind::Update {
+            sql = apply_sql::checked_update(&sql, &sources, &self.check_updated);
+        }
+        let found = (self.statement(client, sql).await?, Arc::from(sources));
+        self.statements.runs.insert(key, found.clone());
+        Ok(found)
+    }
+
+    async fn frame_statements(&mut self, client: &Client, store: &CheckpointStore) -> Result<FrameStatements, ConnectorError> {
+        if let Some(frame) = &self.statements.frame {
+            return Ok(frame.clone());
+        }
+        let frame = FrameStatements {
+            lock: self.statement(client, store.lock_sql()).await?,
+            advance: self.statement(client, store.advance_sql()).await?,
+            check: self.statement(client, store.check_pipeline_sql()).await?,
+        };
+        self.statements.frame = Some(frame.clone());
+        Ok(frame)
     }
 
     /// Statements for a run of row changes (no schema change or TRUNCATE among them), grouped
@@ -506,15 +563,12 @@ impl Planner {
         Ok(runs)
     }
 
-    async fn prepare_run(&mut self, client: &Client, plan: &ApplyPlan, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
+    async fn prepare_run(&mut self, client: &Client, plan: &Arc<ApplyPlan>, changes: &[&Change], kind: RunKind) -> Result<PreparedRun, ConnectorError> {
         let (statement, values) = if kind == RunKind::Insert && changes.len() >= apply_sql::COPY_MIN_ROWS {
             (self.statement(client, apply_sql::copy_sql(plan)).await?, RunValues::Copy(apply_sql::copy_data(changes)))
         } else {
-            let (mut sql, sources) = apply_sql::statement(plan, kind, changes);
-            if kind == RunKind::Update {
-                sql = apply_sql::checked_update(&sql, &sources, &self.check_updated);
-            }
-            (self.statement(client, sql).await?, RunValues::Params(apply_sql::params(plan, &sources, changes)))
+            let (statement, sources) = self.run_statement(client, plan, RunShape::of(plan, kind, changes)).await?;
+            (statement, RunValues::Params(apply_sql::params(plan, &sources, changes)))
         };
         Ok(PreparedRun { statement, values, rows: changes.len() as u64, table: plan.target().clone() })
     }
@@ -526,18 +580,9 @@ impl Planner {
         } else {
             ReadyBody::Mixed(batch.changes.clone())
         };
-        let advance = match &batch.commit {
-            Some(commit) => Some((self.statement(client, store.advance_sql()).await?, store.advance_params(&commit.position, commit.time_micros))),
-            None => None,
-        };
-        Ok(ReadyBatch {
-            body,
-            commit: batch.commit.clone(),
-            changes: batch.changes.len(),
-            lock: self.statement(client, store.lock_sql()).await?,
-            advance,
-            check: self.statement(client, store.check_pipeline_sql()).await?,
-        })
+        let FrameStatements { lock, advance, check } = self.frame_statements(client, store).await?;
+        let advance = batch.commit.as_ref().map(|commit| (advance, store.advance_params(&commit.position, commit.time_micros)));
+        Ok(ReadyBatch { body, commit: batch.commit.clone(), changes: batch.changes.len(), lock, advance, check })
     }
 }
 
