@@ -169,7 +169,7 @@ impl PgSink {
     /// Begins a target transaction holding the pipeline's lock (pipelined: one round trip).
     /// Returns the repairs version.
     pub async fn begin_locked(&mut self) -> Result<i64, ConnectorError> {
-        let lock = self.planner.statement(&self.client, self.store.lock_sql()).await?;
+        let lock = self.planner.frame_statements(&self.client, &self.store).await?.lock;
         self.split().0.begin_locked(lock).await
     }
 
