@@ -76,7 +76,7 @@ struct Prepared {
     by_sql: HashMap<String, Statement>,
     /// Apply runs' statements by plan and shape, with their parameters' sources. A plan is
     /// known by its address, which `Planner::plans` keeps from reuse while it holds the plan:
-    /// whatever drops plans clears these too (`clear`).
+    /// whatever drops plans clears these too (`Planner::forget`).
     runs: FxHashMap<(usize, RunShape), RunStatement>,
     /// The checkpoint's statements around every batch.
     frame: Option<FrameStatements>,
@@ -207,9 +207,7 @@ impl PgSink {
 
     /// Forgets what it learned of the target's tables (another connection changed them).
     pub fn forget_tables(&mut self) {
-        self.planner.targets.clear();
-        self.planner.plans.clear();
-        self.planner.statements.clear();
+        self.planner.forget(None);
     }
 
     /// Applies changes inside a transaction opened with `begin_locked` (a repair).
@@ -371,9 +369,7 @@ impl PgSink {
             self.client.batch_execute(&sql).await.context(|| format!("cannot add column {} to {}", column.name, new.id))?;
             tracing::info!(table = %new.id, column = %column.name, "added a column that appeared on the source");
         }
-        self.planner.targets.remove(&new.id);
-        self.planner.plans.retain(|_, (shape, _)| shape.id != new.id);
-        self.planner.statements.clear();
+        self.planner.forget(Some(&new.id));
         Ok(())
     }
 }
@@ -505,6 +501,22 @@ impl Planner {
         }
         self.plans.insert(address, (shaped.clone(), plan.clone()));
         Ok(plan)
+    }
+
+    /// Forgets what it learned of `table`'s target (of every table's, for None) and the
+    /// statements prepared for it: they are found by plan address, so they go with the plans.
+    fn forget(&mut self, table: Option<&TableId>) {
+        match table {
+            None => {
+                self.targets.clear();
+                self.plans.clear();
+            }
+            Some(id) => {
+                self.targets.remove(id);
+                self.plans.retain(|_, (shape, _)| shape.id != *id);
+            }
+        }
+        self.statements.clear();
     }
 
     async fn statement(&mut self, client: &Client, sql: String) -> Result<Statement, ConnectorError> {
