@@ -485,9 +485,16 @@ fn targets(figures: &[Figure]) -> Vec<(String, f64, &'static str)> {
 /// Verification passes timed per tool; the median counts.
 const VERIFY_PASSES: usize = 3;
 
+/// The middle value, or the mean of the two middle ones for an even count: taking the upper of
+/// two would pick the slower round's seconds but the faster round's rate.
 pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => values[middle],
+        _ => (values[middle - 1] + values[middle]) / 2.0,
+    }
 }
 
 fn release_binary() -> PathBuf {
@@ -512,4 +519,24 @@ fn tempdir() -> PathBuf {
 
 extern "C" {
     pub fn kill(pid: i32, signal: i32) -> i32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_an_odd_count_is_the_middle_value() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn median_of_two_rounds_is_their_mean_for_seconds_and_rates_alike() {
+        // Two catch-up rounds of 1,000 changes: 2 s and 4 s.
+        let seconds = median(vec![4.0, 2.0]);
+        let rate = median(vec![1000.0 / 4.0, 1000.0 / 2.0]);
+        assert_eq!(seconds, 3.0);
+        assert_eq!(rate, 375.0);
+        assert!(median(Vec::new()).is_nan());
+    }
 }
