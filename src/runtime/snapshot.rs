@@ -205,7 +205,10 @@ async fn copy(
     let workers = file.snapshot.parallel.min(chunks.len()).max(1);
     let chunks = largest_table_first(chunks, estimates);
     let finishing = Arc::new(Finishing::new(chunks.iter().map(|chunk| plans[&chunk.table].1.target.id.clone())));
-    let queue = Arc::new(Mutex::new(VecDeque::from(chunks)));
+    let queue = Arc::new(Mutex::new(ChunkQueue::new(chunks.into_iter().map(|chunk| {
+        let target = plans[&chunk.table].1.target.id.clone();
+        (chunk, target)
+    }))));
     let plans = Arc::new(plans);
     let mut handles = Vec::new();
     for _ in 0..workers {
@@ -243,7 +246,7 @@ struct CopyJob {
     store: CheckpointStore,
     snapshot: String,
     at: Position,
-    queue: Arc<Mutex<VecDeque<ChunkRecord>>>,
+    queue: Arc<Mutex<ChunkQueue>>,
     plans: Arc<HashMap<TableId, (Route, Arc<TablePlan>)>>,
     finishing: Arc<Finishing>,
     progress: Arc<CopyProgress>,
@@ -280,7 +283,7 @@ impl CopyJob {
                 build_index(connected(&mut index_client, &self.target).await?, &self.store, &index).await?;
                 continue;
             }
-            let Some(chunk) = self.queue.lock().expect("queue lock").pop_front() else {
+            let Some(chunk) = self.queue.lock().expect("queue lock").take() else {
                 if self.finishing.more_to_come(&mut self.shutdown.clone()).await {
                     continue;
                 }
@@ -322,6 +325,7 @@ impl CopyJob {
                 }
             };
             load.finish(&chunk, &self.at).await.with_context(|| format!("chunk {} of {}", chunk.chunk, chunk.table))?;
+            self.queue.lock().expect("queue lock").done(&plan.target.id);
             if self.finishing.chunk_copied(&plan.target.id) {
                 let client = connected(&mut index_client, &self.target).await?;
                 let indexes: Vec<_> =
@@ -423,9 +427,48 @@ impl Finishing {
 
 /// The chunks of the tables with the most rows first: their indexes, built once their chunks
 /// are in, are the longest builds, and the smaller tables' chunks are copied meanwhile.
+/// (`ChunkQueue` hands them out in this order, unless another table is free.)
 fn largest_table_first(mut chunks: Vec<ChunkRecord>, estimates: &HashMap<TableId, i64>) -> Vec<ChunkRecord> {
     chunks.sort_by_key(|chunk| std::cmp::Reverse(estimates.get(&chunk.table).copied().unwrap_or(0)));
     chunks
+}
+
+/// The chunks still to copy, handed to the workers so that each fills a target table no other
+/// worker is filling, while there is one: two COPYs into one table queue for the lock that
+/// extends it and interleave their pages (so the index built after sorts two runs woven
+/// together), while COPYs into different tables do neither. With none free, the next chunk in
+/// order goes, and the largest table's chunks are shared out as before. On the bench's tables
+/// the users table is copied beside the first orders chunk, not after the last one, and the
+/// orders key, the copy's last step, is built with no other copy running.
+struct ChunkQueue {
+    /// Each chunk with the target table it fills, largest table first.
+    waiting: VecDeque<(ChunkRecord, TableId)>,
+    /// Workers filling each target table now.
+    filling: HashMap<TableId, usize>,
+}
+
+impl ChunkQueue {
+    fn new(chunks: impl IntoIterator<Item = (ChunkRecord, TableId)>) -> Self {
+        ChunkQueue { waiting: chunks.into_iter().collect(), filling: HashMap::new() }
+    }
+
+    /// The next chunk for a worker: the first whose target table nobody fills, else the first.
+    fn take(&mut self) -> Option<ChunkRecord> {
+        let free = self.waiting.iter().position(|(_, target)| !self.filling.contains_key(target));
+        let (chunk, target) = self.waiting.remove(free.unwrap_or(0))?;
+        *self.filling.entry(target).or_insert(0) += 1;
+        Some(chunk)
+    }
+
+    /// A worker's chunk of `target` is in.
+    fn done(&mut self, target: &TableId) {
+        if let Some(filling) = self.filling.get_mut(target) {
+            *filling -= 1;
+            if *filling == 0 {
+                self.filling.remove(target);
+            }
+        }
+    }
 }
 
 /// Rows between progress updates on the pass-through route.
@@ -557,6 +600,29 @@ mod tests {
         finishing.fail();
         worker.await.unwrap();
         assert!(!looks_again(&finishing).await, "a worker waits for the chunk of one that failed");
+    }
+
+    #[test]
+    fn a_worker_takes_a_chunk_of_a_table_nobody_fills_before_sharing_one() {
+        let chunk = |table: &str, chunk: i32| {
+            (ChunkRecord { table: TableId::new("public", table), chunk, range: None, copied_at: None, rows: 0 }, TableId::new("public", table))
+        };
+        let mut queue = ChunkQueue::new([chunk("large", 0), chunk("large", 1), chunk("large", 2), chunk("medium", 0), chunk("small", 0)]);
+        let mut take = || queue.take().map(|c| format!("{}{}", c.table.name, c.chunk));
+        // Each worker takes a table of its own while one is free; then they share the largest.
+        assert_eq!(take().as_deref(), Some("large0"));
+        assert_eq!(take().as_deref(), Some("medium0"));
+        assert_eq!(take().as_deref(), Some("small0"));
+        assert_eq!(take().as_deref(), Some("large1"));
+        drop(take);
+        // Once its workers are done with it, a table counts as free again.
+        let large = TableId::new("public", "large");
+        queue.done(&large);
+        assert_eq!(queue.take().map(|c| c.chunk), Some(2));
+        queue.done(&large);
+        queue.done(&large);
+        assert!(queue.filling.get(&large).is_none());
+        assert!(queue.take().is_none());
     }
 
     #[test]
