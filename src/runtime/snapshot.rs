@@ -608,20 +608,19 @@ mod tests {
             (ChunkRecord { table: TableId::new("public", table), chunk, range: None, copied_at: None, rows: 0 }, TableId::new("public", table))
         };
         let mut queue = ChunkQueue::new([chunk("large", 0), chunk("large", 1), chunk("large", 2), chunk("medium", 0), chunk("small", 0)]);
-        let mut take = || queue.take().map(|c| format!("{}{}", c.table.name, c.chunk));
+        let take = |queue: &mut ChunkQueue| queue.take().map(|c| format!("{}{}", c.table.name, c.chunk));
         // Each worker takes a table of its own while one is free; then they share the largest.
-        assert_eq!(take().as_deref(), Some("large0"));
-        assert_eq!(take().as_deref(), Some("medium0"));
-        assert_eq!(take().as_deref(), Some("small0"));
-        assert_eq!(take().as_deref(), Some("large1"));
-        drop(take);
+        assert_eq!(take(&mut queue).as_deref(), Some("large0"));
+        assert_eq!(take(&mut queue).as_deref(), Some("medium0"));
+        assert_eq!(take(&mut queue).as_deref(), Some("small0"));
+        assert_eq!(take(&mut queue).as_deref(), Some("large1"));
         // Once its workers are done with it, a table counts as free again.
         let large = TableId::new("public", "large");
         queue.done(&large);
         assert_eq!(queue.take().map(|c| c.chunk), Some(2));
         queue.done(&large);
         queue.done(&large);
-        assert!(queue.filling.get(&large).is_none());
+        assert!(!queue.filling.contains_key(&large));
         assert!(queue.take().is_none());
     }
 
