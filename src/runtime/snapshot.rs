@@ -203,12 +203,16 @@ async fn copy(
     }
     let progress = Arc::new(CopyProgress::new(tables.iter().map(|t| (t.id.clone(), estimates.get(&t.id).copied().unwrap_or(0)))));
     let workers = file.snapshot.parallel.min(chunks.len()).max(1);
-    let chunks = largest_table_first(chunks, estimates);
-    let finishing = Arc::new(Finishing::new(chunks.iter().map(|chunk| plans[&chunk.table].1.target.id.clone())));
-    let queue = Arc::new(Mutex::new(ChunkQueue::new(chunks.into_iter().map(|chunk| {
-        let target = plans[&chunk.table].1.target.id.clone();
-        (chunk, target)
-    }))));
+    // Each chunk with the target table it fills, found once for both of their uses.
+    let chunks: Vec<(ChunkRecord, TableId)> = largest_table_first(chunks, estimates)
+        .into_iter()
+        .map(|chunk| {
+            let target = plans[&chunk.table].1.target.id.clone();
+            (chunk, target)
+        })
+        .collect();
+    let finishing = Arc::new(Finishing::new(chunks.iter().map(|(_, target)| target.clone())));
+    let queue = Arc::new(Mutex::new(ChunkQueue::new(chunks)));
     let plans = Arc::new(plans);
     let mut handles = Vec::new();
     for _ in 0..workers {
