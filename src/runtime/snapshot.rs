@@ -12,9 +12,9 @@ use super::progress::CopyProgress;
 use super::{record_for, stopping, Pipeline, Shutdown};
 use crate::registry::{deferred_indexes, pg_catalog, slot, BulkLoader, CheckpointStore, ChunkRecord, Endpoint, PipelineRecord, RowReader, SnapshotReader};
 use crate::transform::{Origin, Shaper, TablePlan};
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 use switchyard_postgres::load::CopyFormat;
+use switchyard_postgres::snapshot::copy_out_sql;
 use switchyard_postgres::{copy_binary, copy_text};
 
 pub(super) async fn initial(
@@ -274,11 +274,14 @@ impl CopyJob {
         // the indexes set aside is opened now when the copy set some aside: a table's last
         // chunk in, its index builds start without waiting for it. Otherwise it is opened
         // when this worker first builds one (a resumed copy's).
-        let (reader, loader, mut index_client) = tokio::try_join!(
-            SnapshotReader::open(&self.source, &self.snapshot),
+        let (mut session, loader, mut index_client) = tokio::try_join!(
+            self.source.snapshot_session(&self.snapshot),
             BulkLoader::connect(&self.target, self.store.clone()),
             async { if self.builds_indexes { self.target.connect().await.map(Some) } else { Ok(None) } },
         )?;
+        // Rows the copy reads one by one (filtered or recast on the way) come through
+        // tokio-postgres, opened when a chunk first needs it.
+        let mut row_reader = None;
         loop {
             if stopping(&self.shutdown) {
                 return Ok(());
@@ -298,22 +301,38 @@ impl CopyJob {
             let range = chunk.range.map(|(lo, hi)| (key_column.as_str(), lo, hi));
             let load = match route {
                 Route::Through { source_columns, target_columns, format, suffix, extra } => {
-                    let mut stream = Box::pin(reader.copy_out_columns(&plan.source.id, &strs(source_columns), range, *format).await?);
+                    let copy_out = copy_out_sql(&plan.source.id, &strs(source_columns), range, *format);
+                    let failed = || format!("cannot copy chunk {} of {}", chunk.chunk, chunk.table);
+                    let mut copy = session.copy_out(&copy_out).await.with_context(failed)?;
                     let mut load = loader.start_columns(&plan.target.id, &strs(target_columns), *format).await?;
                     let mut unreported = 0;
-                    while let Some(data) = stream.next().await.transpose()? {
-                        unreported += match format {
-                            CopyFormat::Text => load.push_text(&data, suffix).await?,
-                            CopyFormat::Binary => load.push_binary(&data, suffix, *extra).await?,
-                        };
+                    loop {
+                        let more = copy
+                            .next(&mut |data: &[u8]| {
+                                unreported += match format {
+                                    CopyFormat::Text => load.append_text(data, suffix),
+                                    CopyFormat::Binary => load.append_binary(data, suffix, *extra)?,
+                                };
+                                Ok(())
+                            })
+                            .await
+                            .with_context(failed)?;
+                        load.send_if_full().await?;
                         if unreported >= PROGRESS_ROWS {
                             self.progress.add(&chunk.table, std::mem::take(&mut unreported));
+                        }
+                        if !more {
+                            break;
                         }
                     }
                     self.progress.add(&chunk.table, unreported);
                     load
                 }
                 Route::Shaped => {
+                    if row_reader.is_none() {
+                        row_reader = Some(SnapshotReader::open(&self.source, &self.snapshot).await?);
+                    }
+                    let reader = row_reader.as_ref().expect("opened above");
                     let stream = reader.copy_out(&plan.source, range).await?;
                     let mut rows = RowReader::new(stream, chunk.table.clone());
                     let mut load = loader.start(&plan.target).await?;

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::error::PgResultExt;
 use crate::tls::{self, TlsSettings};
-use crate::walsender::ReplicationConnection;
+use crate::walsender::{ReplicationConnection, SnapshotSession};
 
 #[derive(Clone)]
 pub struct Endpoint {
@@ -109,6 +109,13 @@ impl Endpoint {
         options.push_str(crate::digest::SESSION_OPTIONS);
         config.options(&options);
         ReplicationConnection::connect(&config, &self.tls).await
+    }
+
+    /// A session reading the source inside the exported `snapshot`, for the copy's COPY out.
+    /// Its session settings are this endpoint's, as `connect`'s are: text passed through to the
+    /// target reads the same either way.
+    pub async fn snapshot_session(&self, snapshot: &str) -> Result<SnapshotSession, ConnectorError> {
+        SnapshotSession::open(&self.config, &self.tls, snapshot).await
     }
 }
 

@@ -99,26 +99,26 @@ impl ChunkLoad<'_> {
         self.send_if_full().await
     }
 
-    /// Passes COPY text data from the source through, `suffix` (constant values) added to each
-    /// line; returns the lines it ended.
-    pub async fn push_text(&mut self, data: &[u8], suffix: &[u8]) -> Result<u64, ConnectorError> {
+    /// Adds COPY text data from the source, `suffix` (constant values) added to each line;
+    /// returns the lines it ended. `send_if_full` passes it on.
+    pub fn append_text(&mut self, data: &[u8], suffix: &[u8]) -> u64 {
         let lines = copy_text::append_with_suffix(data, suffix, &mut self.buffer);
         self.rows += lines as i64;
-        self.send_if_full().await?;
-        Ok(lines)
+        lines
     }
 
-    /// Passes binary COPY data from the source through, `extra` constant fields (`suffix`, made
-    /// with `copy_binary::field`) added to each tuple; returns the tuples it ended.
-    pub async fn push_binary(&mut self, data: &[u8], suffix: &[u8], extra: u16) -> Result<u64, ConnectorError> {
+    /// Adds binary COPY data from the source, `extra` constant fields (`suffix`, made with
+    /// `copy_binary::field`) added to each tuple; returns the tuples it ended. `send_if_full`
+    /// passes it on.
+    pub fn append_binary(&mut self, data: &[u8], suffix: &[u8], extra: u16) -> Result<u64, ConnectorError> {
         let appender = self.binary.as_mut().ok_or_else(|| ConnectorError::bug("binary data for a text COPY"))?;
         let tuples = appender.push(data, suffix, extra, &mut self.buffer).map_err(ConnectorError::bug)?;
         self.rows += tuples as i64;
-        self.send_if_full().await?;
         Ok(tuples)
     }
 
-    async fn send_if_full(&mut self) -> Result<(), ConnectorError> {
+    /// Sends what is gathered to the target once it is worth a message.
+    pub async fn send_if_full(&mut self) -> Result<(), ConnectorError> {
         if self.buffer.len() >= SEND_THRESHOLD {
             let bytes = self.buffer.split().freeze();
             self.copy.send(bytes).await.context(|| "copy into the target broke".into())?;

@@ -65,18 +65,23 @@ impl SnapshotReader {
         range: Option<(&str, i64, i64)>,
         format: CopyFormat,
     ) -> Result<impl Stream<Item = Result<Bytes, ConnectorError>> + Send + 'static, ConnectorError> {
-        let columns = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        // COPY takes no parameters; the bounds are integers this process computed, not user text.
-        let filter = match range {
-            Some((column, lo, hi)) => format!(" WHERE {c} >= {lo} AND {c} < {hi}", c = quote_ident(column)),
-            None => String::new(),
-        };
-        let options = if format == CopyFormat::Binary { " (FORMAT binary)" } else { "" };
-        let sql = format!("COPY (SELECT {columns} FROM {}{filter}) TO STDOUT{options}", quote_table(table));
+        let sql = copy_out_sql(table, columns, range, format);
         let table = table.clone();
         let stream = self.client.copy_out(&sql).await.context(|| format!("cannot copy table {table}"))?;
         Ok(stream.map(move |chunk| chunk.map_err(|e| crate::error::classify(format!("copy of {table} broke"), e))))
     }
+}
+
+/// The COPY TO STDOUT of these columns of `table` (optionally only `[lo, hi)` of an integer key column).
+pub fn copy_out_sql(table: &TableId, columns: &[&str], range: Option<(&str, i64, i64)>, format: CopyFormat) -> String {
+    let columns = columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    // COPY takes no parameters; the bounds are integers this process computed, not user text.
+    let filter = match range {
+        Some((column, lo, hi)) => format!(" WHERE {c} >= {lo} AND {c} < {hi}", c = quote_ident(column)),
+        None => String::new(),
+    };
+    let options = if format == CopyFormat::Binary { " (FORMAT binary)" } else { "" };
+    format!("COPY (SELECT {columns} FROM {}{filter}) TO STDOUT{options}", quote_table(table))
 }
 
 /// Rows of a COPY, parsed, in batches as the server sends them.

@@ -6,6 +6,8 @@
 //! authentication, the simple query protocol (for CREATE_REPLICATION_SLOT and friends), and the
 //! CopyBoth stream of XLogData and keepalives with standby status updates going back.
 //!
+//! The same wire carries the snapshot's COPY out as an ordinary session (`SnapshotSession`).
+//!
 //! The stream half is read inside `tokio::select!`, so reading is cancel-safe: frames are parsed
 //! out of a buffer the connection owns, and the only await is the socket read that refills it.
 //! XLogData payloads are slices of that buffer, never copies.
@@ -20,7 +22,7 @@ use std::path::PathBuf;
 
 use pacing::ReadPacing;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
@@ -102,8 +104,13 @@ impl ReplicationConnection {
     /// directory), TLS as the settings ask, startup with `replication=database`, password
     /// authentication (cleartext, MD5, SCRAM-SHA-256), then waits for ReadyForQuery.
     pub async fn connect(config: &tokio_postgres::Config, tls: &TlsSettings) -> Result<Self, ConnectorError> {
+        Self::connect_as(config, tls, true).await
+    }
+
+    /// With `replication` false, an ordinary session on the same wire (see `SnapshotSession`).
+    async fn connect_as(config: &tokio_postgres::Config, tls: &TlsSettings, replication: bool) -> Result<Self, ConnectorError> {
         let endpoint = Endpoint::from_config(config)?;
-        let connecting = Self::establish(config, tls, &endpoint);
+        let connecting = Self::establish(config, tls, &endpoint, replication);
         match config.get_connect_timeout() {
             Some(limit) => tokio::time::timeout(*limit, connecting).await.map_err(|_| {
                 ConnectorError::transient(format!(
@@ -119,6 +126,7 @@ impl ReplicationConnection {
         config: &tokio_postgres::Config,
         tls: &TlsSettings,
         endpoint: &Endpoint,
+        replication: bool,
     ) -> Result<Self, ConnectorError> {
         let user = match config.get_user() {
             Some(user) => user.to_string(),
@@ -133,20 +141,22 @@ impl ReplicationConnection {
         let mut connection = ReplicationConnection {
             wire: Wire { reader, writer, read_buffer: BytesMut::new(), peer, pacing: ReadPacing::new(socket) },
         };
-        connection.start_session(config).await?;
+        connection.start_session(config, replication).await?;
         tracing::debug!(server = %connection.wire.peer.address, "walsender connection ready");
         Ok(connection)
     }
 
-    async fn start_session(&mut self, config: &tokio_postgres::Config) -> Result<(), ConnectorError> {
+    async fn start_session(&mut self, config: &tokio_postgres::Config, replication: bool) -> Result<(), ConnectorError> {
         let peer = self.wire.peer.clone();
         let mut parameters = vec![
             ("user", peer.user.as_str()),
             ("database", peer.database.as_str()),
-            ("replication", "database"),
             ("application_name", config.get_application_name().unwrap_or("switchyard")),
             ("client_encoding", "UTF8"),
         ];
+        if replication {
+            parameters.push(("replication", "database"));
+        }
         if let Some(options) = config.get_options() {
             parameters.push(("options", options));
         }
@@ -316,6 +326,114 @@ impl ReplicationConnection {
     }
 }
 
+/// An ordinary session (no `replication` parameter) on the same hand-made wire, for the
+/// snapshot's COPY out. tokio-postgres hands over each CopyData message (one per row) as a
+/// message of its own, parsed, counted and freed, which was most of this process's work in a
+/// copy; here each row's payload is a slice of the read buffer, given to the caller in place,
+/// and reads are paced as the change stream's are.
+pub struct SnapshotSession {
+    connection: ReplicationConnection,
+}
+
+impl SnapshotSession {
+    /// Connects and begins a read-only `REPEATABLE READ` transaction at the exported `snapshot`.
+    pub async fn open(config: &tokio_postgres::Config, tls: &TlsSettings, snapshot: &str) -> Result<Self, ConnectorError> {
+        let mut connection = ReplicationConnection::connect_as(config, tls, false).await?;
+        // As `Endpoint::connect` does: a worker's session may wait idle while it builds indexes.
+        // The setting exists from PostgreSQL 14 on, and the filter runs before set_config.
+        let no_idle_timeout = "SELECT set_config('idle_session_timeout', '0', false) WHERE current_setting('server_version_num')::int >= 140000";
+        connection.run_query(no_idle_timeout, None).await?;
+        // One query string, so the snapshot is the transaction's first statement. SET
+        // TRANSACTION SNAPSHOT takes no parameters; the name is a literal the server gave us.
+        let begin = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''"));
+        connection
+            .run_query(&begin, None)
+            .await
+            .map_err(|error| ConnectorError::new(error.kind(), format!("cannot import snapshot {snapshot}: {}", error.message())))?;
+        Ok(SnapshotSession { connection })
+    }
+
+    /// Starts `copy` (a `COPY ... TO STDOUT`); its rows are read with `SnapshotCopy::next`,
+    /// to the end, before the session runs anything else.
+    pub async fn copy_out(&mut self, copy: &str) -> Result<SnapshotCopy<'_>, ConnectorError> {
+        let wire = &mut self.connection.wire;
+        let mut buffer = BytesMut::new();
+        frontend::query(copy, &mut buffer).map_err(|err| ConnectorError::bug(format!("cannot send query: {err}")))?;
+        wire.send(&buffer).await?;
+        let mut failure = None;
+        loop {
+            match wire.read_message().await? {
+                Message::CopyOutResponse(_) => return Ok(SnapshotCopy { wire, ended: false }),
+                Message::ErrorResponse(body) => failure = Some(ServerError::from_body(&body).into_error(&wire.peer, None)),
+                Message::ReadyForQuery(_) => {
+                    return Err(failure.unwrap_or_else(|| ConnectorError::bug(format!("{copy} began no COPY"))));
+                }
+                _ => {} // notices
+            }
+        }
+    }
+}
+
+/// A COPY out in progress on a `SnapshotSession`.
+pub struct SnapshotCopy<'a> {
+    wire: &'a mut Wire,
+    ended: bool,
+}
+
+impl SnapshotCopy<'_> {
+    /// Passes each row (its CopyData payload) complete in the read buffer to `each`, reading
+    /// first if there is none; false once the COPY has ended and the session is ready for the
+    /// next one. Not cancel-safe: a row may have been passed when the read is cancelled.
+    pub async fn next<F>(&mut self, each: &mut F) -> Result<bool, ConnectorError>
+    where
+        F: FnMut(&[u8]) -> Result<(), ConnectorError> + Send,
+    {
+        let mut failure = None;
+        while !self.ended {
+            let mut passed = false;
+            loop {
+                let buffer = &self.wire.read_buffer;
+                if buffer.len() < 5 {
+                    break;
+                }
+                if buffer[0] == b'd' {
+                    let end = 1 + u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+                    if end < 5 {
+                        return Err(protocol_error(format!("CopyData of length {}", end - 1)));
+                    }
+                    if buffer.len() < end {
+                        break;
+                    }
+                    each(&buffer[5..end])?;
+                    self.wire.read_buffer.advance(end);
+                    passed = true;
+                    continue;
+                }
+                // CopyDone, CommandComplete, ReadyForQuery, an error or a notice.
+                let Some(frame) = parse_backend_frame(&mut self.wire.read_buffer).map_err(protocol_error)? else { break };
+                match frame {
+                    BackendFrame::Message(Message::ErrorResponse(body)) => {
+                        failure = Some(ServerError::from_body(&body).into_error(&self.wire.peer, None));
+                    }
+                    BackendFrame::Message(Message::ReadyForQuery(_)) => {
+                        self.ended = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            if passed || self.ended {
+                return Ok(!self.ended);
+            }
+            self.wire.fill_read_buffer().await?;
+        }
+        Ok(false)
+    }
+}
+
 /// One message of the logical replication stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplicationMessage {
@@ -481,5 +599,97 @@ fn tls_error(server: &str, tls: &TlsSettings, err: io::Error) -> ConnectorError 
         ))
     } else {
         ConnectorError::transient(format!("TLS handshake with PostgreSQL at {server} failed")).with_source(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![tag];
+        bytes.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn copy_out_response() -> Vec<u8> {
+        frame(b'H', &[1, 0, 1, 0, 1])
+    }
+
+    fn error(message: &str) -> Vec<u8> {
+        frame(b'E', format!("SERROR\0C22P02\0M{message}\0\0").as_bytes())
+    }
+
+    fn ready() -> Vec<u8> {
+        frame(b'Z', b"I")
+    }
+
+    /// A session whose server sends `reply`, `piece` bytes at a time, after reading the query.
+    fn session_answering(reply: Vec<u8>, piece: usize) -> SnapshotSession {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut query = [0u8; 256];
+            let _ = server.read(&mut query).await;
+            for part in reply.chunks(piece) {
+                server.write_all(part).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            // Kept open until the client is done, as a server would be.
+            let _ = server.read(&mut query).await;
+        });
+        let stream: BoxedStream = Box::new(client);
+        let (reader, writer) = tokio::io::split(stream);
+        let peer = Peer { address: "test".into(), user: "u".into(), database: "d".into() };
+        let wire = Wire { reader, writer, read_buffer: BytesMut::new(), peer, pacing: ReadPacing::new(None) };
+        SnapshotSession { connection: ReplicationConnection { wire } }
+    }
+
+    async fn rows(session: &mut SnapshotSession) -> Result<Vec<Vec<u8>>, ConnectorError> {
+        let mut copy = session.copy_out("COPY t TO STDOUT").await?;
+        let mut rows = Vec::new();
+        let mut keep = |row: &[u8]| {
+            rows.push(row.to_vec());
+            Ok(())
+        };
+        while copy.next(&mut keep).await? {}
+        Ok(rows)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_copy_passes_every_row_in_order_however_the_bytes_arrive() {
+        let expected: Vec<Vec<u8>> = (0..50).map(|i| format!("row {i}\twith some text").into_bytes()).collect();
+        let mut reply = copy_out_response();
+        for row in &expected {
+            reply.extend(frame(b'd', row));
+        }
+        reply.extend(frame(b'd', b""));
+        reply.extend(frame(b'c', b""));
+        reply.extend(frame(b'C', b"COPY 51\0"));
+        reply.extend(ready());
+        let mut with_empty = expected.clone();
+        with_empty.push(Vec::new());
+        for piece in [1, 3, 7, 64, 100_000] {
+            let mut session = session_answering(reply.clone(), piece);
+            assert_eq!(rows(&mut session).await.unwrap(), with_empty, "read {piece} bytes at a time");
+            assert!(session.connection.wire.read_buffer.is_empty(), "the session is ready for the next query");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_copy_that_fails_midway_is_an_error_not_a_short_table() {
+        let mut reply = copy_out_response();
+        reply.extend(frame(b'd', b"first row"));
+        reply.extend(error("invalid input"));
+        reply.extend(ready());
+        for piece in [1, 5, 100_000] {
+            let mut session = session_answering(reply.clone(), piece);
+            let failed = rows(&mut session).await.unwrap_err();
+            assert!(failed.message().contains("invalid input"), "{}", failed.message());
+        }
+        let mut refused = error("permission denied for table t");
+        refused.extend(ready());
+        let mut session = session_answering(refused, 4);
+        assert!(session.copy_out("COPY t TO STDOUT").await.is_err(), "a COPY the server refuses never starts");
     }
 }
