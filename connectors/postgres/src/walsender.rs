@@ -605,13 +605,7 @@ fn tls_error(server: &str, tls: &TlsSettings, err: io::Error) -> ConnectorError 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut bytes = vec![tag];
-        bytes.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-        bytes.extend_from_slice(body);
-        bytes
-    }
+    use protocol::tests::frame;
 
     fn copy_out_response() -> Vec<u8> {
         frame(b'H', &[1, 0, 1, 0, 1])

@@ -251,11 +251,12 @@ pub(super) fn protocol_error(err: impl std::fmt::Display) -> ConnectorError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use switchyard_core::ErrorKind;
 
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    /// A backend message as the server frames it: tag, length, body.
+    pub(in crate::walsender) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut bytes = vec![tag];
         bytes.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
         bytes.extend_from_slice(body);
