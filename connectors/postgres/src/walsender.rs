@@ -25,7 +25,7 @@ use pacing::ReadPacing;
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::backend::{self, Message};
 use postgres_protocol::message::frontend;
 use switchyard_core::{ConnectorError, Lsn};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -339,10 +339,8 @@ impl SnapshotSession {
     /// Connects and begins a read-only `REPEATABLE READ` transaction at the exported `snapshot`.
     pub async fn open(config: &tokio_postgres::Config, tls: &TlsSettings, snapshot: &str) -> Result<Self, ConnectorError> {
         let mut connection = ReplicationConnection::connect_as(config, tls, false).await?;
-        // As `Endpoint::connect` does: a worker's session may wait idle while it builds indexes.
-        // The setting exists from PostgreSQL 14 on, and the filter runs before set_config.
-        let no_idle_timeout = "SELECT set_config('idle_session_timeout', '0', false) WHERE current_setting('server_version_num')::int >= 140000";
-        connection.run_query(no_idle_timeout, None).await?;
+        // Unlike `Endpoint::connect`, no idle_session_timeout: the session never leaves the
+        // snapshot's transaction, and that setting only ends sessions idle outside one.
         // One query string, so the snapshot is the transaction's first statement. SET
         // TRANSACTION SNAPSHOT takes no parameters; the name is a literal the server gave us.
         let begin = format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'", snapshot.replace('\'', "''"));
@@ -393,14 +391,9 @@ impl SnapshotCopy<'_> {
             let mut passed = false;
             loop {
                 let buffer = &self.wire.read_buffer;
-                if buffer.len() < 5 {
-                    break;
-                }
-                if buffer[0] == b'd' {
-                    let end = 1 + u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
-                    if end < 5 {
-                        return Err(protocol_error(format!("CopyData of length {}", end - 1)));
-                    }
+                let Some(header) = backend::Header::parse(buffer).map_err(protocol_error)? else { break };
+                if header.tag() == b'd' {
+                    let end = 1 + header.len() as usize;
                     if buffer.len() < end {
                         break;
                     }
